@@ -1,0 +1,7 @@
+"""``python -m anxiao`` runs the CLI."""
+
+import sys
+
+from anxiao.cli import main
+
+sys.exit(main())

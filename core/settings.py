@@ -1,0 +1,107 @@
+"""The one settings object, read from ``ANXIAO_*`` environment variables.
+
+Only entry points (the CLI, ``serve``, benchmarks) construct :class:`Settings`;
+everything below them takes plain keyword arguments. Defaults point at the
+local stack that ``make stack-up`` starts; ``.stack/env`` (written by it) is
+read too, so a checkout's commands find its broker password file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigError
+
+__all__ = ["DEV_PLACEHOLDERS", "MqttUrl", "Settings"]
+
+#: Secrets that only the local development stack may use.
+DEV_PLACEHOLDERS = frozenset({"anxiao-dev", "anxiao-dev-secret", "changeme", ""})
+
+
+class MqttUrl:
+    """A parsed ``mqtt://user:pass@host:port`` URL."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ConfigError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
+        self.tls = parts.scheme == "mqtts"
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (8883 if self.tls else 1883)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+
+    def __repr__(self) -> str:
+        return f"MqttUrl(host={self.host!r}, port={self.port}, username={self.username!r})"
+
+
+class Settings(BaseSettings):
+    """Every setting of the service, with its unit in its name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ANXIAO_", env_file=".stack/env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    env: Literal["development", "production"] = "development"
+    database_url: str = "postgresql://anxiao:anxiao-dev@127.0.0.1:55432/anxiao"
+    mqtt_url: str = "mqtt://svc~anxiao:anxiao-dev@127.0.0.1:51883"
+    #: Account that may publish for any device: the simulator, a JT/T 808 gateway.
+    mqtt_gateway_url: str = "mqtt://gw~anxiao:anxiao-dev@127.0.0.1:51883"
+    #: Mosquitto password file that ``anxiao device secret`` provisions devices in.
+    mqtt_password_file: Path | None = None
+    #: Mosquitto's pid file: a SIGHUP makes it reload the password file.
+    mqtt_pid_file: Path | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8420, ge=1, le=65535)
+    #: Key for deriving device MQTT passwords; must be set in production.
+    secret_key: str = "anxiao-dev-secret"
+    #: Local time zone of service windows and digests until a fleet document sets one.
+    timezone: str = "Asia/Shanghai"
+    #: Telemetry older than this is dropped chunk by chunk.
+    retention_days: int = Field(default=183, ge=1)
+    #: How often the service enforces retention itself (Apache edition).
+    retention_interval_s: int = Field(default=3600, ge=60)
+    # Validity of readings (contract §1).
+    max_past_s: int = Field(default=7 * 86400, ge=0)
+    max_future_s: int = Field(default=300, ge=0)
+    max_speed_kmh: float = Field(default=250.0, gt=0)
+    #: Event-time lateness tolerated without changing alerts (contract §3).
+    allowed_lateness_s: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.env == "production":
+            weak = [
+                name
+                for name, value in (
+                    ("ANXIAO_SECRET_KEY", self.secret_key),
+                    ("ANXIAO_DATABASE_URL password", _password(self.database_url)),
+                    ("ANXIAO_MQTT_URL password", _password(self.mqtt_url)),
+                )
+                if value in DEV_PLACEHOLDERS
+            ]
+            if weak:
+                raise ValueError(
+                    "development placeholder secrets refused in production: " + ", ".join(weak)
+                )
+        return self
+
+    @property
+    def mqtt(self) -> MqttUrl:
+        """The service's broker connection."""
+        return MqttUrl(self.mqtt_url)
+
+    @property
+    def mqtt_gateway(self) -> MqttUrl:
+        """The gateway account's broker connection."""
+        return MqttUrl(self.mqtt_gateway_url)
+
+
+def _password(url: str) -> str:
+    parts = urlsplit(url)
+    return unquote(parts.password) if parts.password else ""
