@@ -28,7 +28,9 @@ _DELEGATED = ("simulate", "ingest")
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one CLI command and return its exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args_list and args_list[0] in _DELEGATED:
         return _delegate(args_list[0], args_list[1:])
     parser = _parser()
@@ -48,10 +50,10 @@ def _delegate(command: str, rest: list[str]) -> int:
     if command == "simulate":
         from simulators.cli import main as simulate_main
 
-        return simulate_main(rest)
+        return int(simulate_main(rest))
     from ingest.cli import main as ingest_main
 
-    return ingest_main(rest)
+    return int(ingest_main(rest))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="API tokens")
     token_sub = token.add_subparsers(metavar="ACTION")
     p = token_sub.add_parser("create", help="print a new API token alone on stdout")
-    p.add_argument("--role", required=True, choices=["admin", "bureau", "monitor", "school", "operator"])
+    p.add_argument(
+        "--role", required=True, choices=["admin", "bureau", "monitor", "school", "operator"]
+    )
     p.add_argument("--scope", help="school id (role school) or operator id (role operator)")
     p.add_argument("--name", default="", help="who or what the token is for")
     p.set_defaults(handler=_token_create)
@@ -142,7 +146,7 @@ def _device_secret(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from core.status import collect_status
+    from anxiao.status import collect_status
 
     status = collect_status(settings=settings)
     if args.json:

@@ -12,6 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import psycopg
 
@@ -66,15 +67,18 @@ def migrate(*, database_url: str) -> tuple[list[str], int]:
         raise StoreError(f"cannot reach the database: {exc}") from exc
 
 
-def _apply(conn: psycopg.Connection[tuple[object, ...]], migrations: list[Migration]) -> tuple[list[str], int]:
+def _apply(
+    conn: psycopg.Connection[tuple[object, ...]], migrations: list[Migration]
+) -> tuple[list[str], int]:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
         " applied_at timestamptz NOT NULL DEFAULT now())"
     )
-    done = {
-        int(v): str(c) for v, c in conn.execute("SELECT version, checksum FROM schema_migrations")
-    }
+    rows: list[tuple[Any, ...]] = conn.execute(
+        "SELECT version, checksum FROM schema_migrations"
+    ).fetchall()
+    done = {int(v): str(c) for v, c in rows}
     known = {m.version for m in migrations}
     ahead = sorted(set(done) - known)
     if ahead:

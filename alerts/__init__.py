@@ -1,0 +1,3 @@
+"""Alerts: rules as episode detectors, alert store, hazard ledger, notices, digests."""
+
+__all__: list[str] = []
