@@ -1,3 +1,5 @@
 """API: the FastAPI app, auth and scopes, routers per resource, SSE, the dashboard."""
 
-__all__: list[str] = []
+from api.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,48 @@
+"""The FastAPI application: ``create_app`` wires routers, errors and the pool."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import devices, fleet
+from core.db import create_pool
+
+__all__ = ["create_app"]
+
+
+def create_app(*, database_url: str, pool_max_size: int = 10) -> FastAPI:
+    """The anxiao HTTP API; the pool opens and closes with the app's lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pool = await create_pool(
+            database_url=database_url, max_size=pool_max_size, application_name="anxiao-api"
+        )
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    app = FastAPI(
+        title="安校 anxiao API",
+        version="1",
+        description="校车与校园安全监测 school-bus and campus safety monitoring (contract §4)",
+        lifespan=lifespan,
+    )
+    app.state.database_url = database_url
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """200 while the service is up."""
+        return {"status": "ok"}
+
+    v1 = APIRouter(prefix="/api/v1")
+    v1.include_router(devices.router)
+    v1.include_router(fleet.router)
+    app.include_router(v1)
+    return app
