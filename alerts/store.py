@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
-import asyncpg
+from core.db import AsyncConnection
 
 __all__ = [
     "LATCHED_KINDS",
@@ -90,9 +90,7 @@ UPDATE alerts
 """
 
 
-async def apply_changes(
-    conn: asyncpg.Connection[Any], changes: Sequence[EpisodeChange]
-) -> list[int]:
+async def apply_changes(conn: AsyncConnection, changes: Sequence[EpisodeChange]) -> list[int]:
     """Store ``changes`` in the current transaction; return the alert_events ids written."""
     event_ids: list[int] = []
     latched = sorted(LATCHED_KINDS)
@@ -135,7 +133,7 @@ async def apply_changes(
 
 
 async def _event(
-    conn: asyncpg.Connection[Any],
+    conn: AsyncConnection,
     alert_id: Any,
     action: str,
     *,
@@ -154,9 +152,7 @@ async def _event(
     return event_id
 
 
-async def acknowledge(
-    conn: asyncpg.Connection[Any], alert_id: Any, *, by: str, note: str | None
-) -> bool:
+async def acknowledge(conn: AsyncConnection, alert_id: Any, *, by: str, note: str | None) -> bool:
     """Mark an alert acknowledged; False when there is no such alert."""
     found = await conn.fetchval(
         "UPDATE alerts SET acknowledged = true, acknowledged_at = coalesce(acknowledged_at, now()),"
@@ -171,9 +167,7 @@ async def acknowledge(
     return True
 
 
-async def resolve(
-    conn: asyncpg.Connection[Any], alert_id: Any, *, by: str, note: str | None
-) -> bool:
+async def resolve(conn: AsyncConnection, alert_id: Any, *, by: str, note: str | None) -> bool:
     """A person resolves an alert: it is cleared (the only way a latched alert clears)."""
     found = await conn.fetchval(
         "UPDATE alerts SET state = 'cleared', resolved_at = now(), resolved_by = $2,"

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import devices, fleet
+from api.routes import alerts, devices, filings, fleet, live
 from core.db import create_pool
 
 __all__ = ["create_app"]
@@ -42,7 +42,7 @@ def create_app(*, database_url: str, pool_max_size: int = 10) -> FastAPI:
         return {"status": "ok"}
 
     v1 = APIRouter(prefix="/api/v1")
-    v1.include_router(devices.router)
-    v1.include_router(fleet.router)
+    for module in (alerts, devices, filings, fleet, live):
+        v1.include_router(module.router)
     app.include_router(v1)
     return app

@@ -7,11 +7,17 @@ serves migrations, the CLI and batch jobs (digests, retention), which call
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 
-__all__ = ["create_pool"]
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+__all__ = ["AsyncConnection", "create_pool"]
+
+#: A connection of its own or one borrowed from a pool.
+AsyncConnection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 
 
 async def create_pool(
