@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import alerts, devices, filings, fleet, live
+from api.routes import alerts, devices, filings, fleet, live, stream
+from api.stream import EventHub
 from core.db import create_pool
 
 __all__ = ["create_app"]
@@ -22,9 +23,11 @@ def create_app(*, database_url: str, pool_max_size: int = 10) -> FastAPI:
         app.state.pool = await create_pool(
             database_url=database_url, max_size=pool_max_size, application_name="anxiao-api"
         )
+        await app.state.hub.start(database_url=database_url)
         try:
             yield
         finally:
+            await app.state.hub.stop()
             await app.state.pool.close()
 
     app = FastAPI(
@@ -34,6 +37,8 @@ def create_app(*, database_url: str, pool_max_size: int = 10) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.database_url = database_url
+    #: ``serve`` publishes positions into it; alert events come by LISTEN.
+    app.state.hub = EventHub()
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])
@@ -42,7 +47,7 @@ def create_app(*, database_url: str, pool_max_size: int = 10) -> FastAPI:
         return {"status": "ok"}
 
     v1 = APIRouter(prefix="/api/v1")
-    for module in (alerts, devices, filings, fleet, live):
+    for module in (alerts, devices, filings, fleet, live, stream):
         v1.include_router(module.router)
     app.include_router(v1)
     return app

@@ -68,3 +68,27 @@ def client(database_url: str) -> Iterator[TestClient]:
 
 def _get(client: TestClient, token: str, path: str, **params: Any) -> Any:
     return client.get(path, params=params, headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.fixture(scope="session")
+def server(database_url: str) -> Iterator[str]:
+    """The API served by a real uvicorn on a loopback port; yields its base URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(database_url=database_url)
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not uv.started:  # readiness: uvicorn sets it once the lifespan is up
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    thread.join(10)
