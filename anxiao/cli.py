@@ -8,6 +8,7 @@ secret, ``status --json``) goes alone on stdout; everything else on stderr.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -47,13 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _delegate(command: str, rest: list[str]) -> int:
-    if command == "simulate":
-        from simulators.cli import main as simulate_main
-
-        return int(simulate_main(rest))
-    from ingest.cli import main as ingest_main
-
-    return int(ingest_main(rest))
+    # The package owns its own argument parser: `anxiao simulate` runs
+    # simulators.cli.main, `anxiao ingest` runs ingest.cli.main.
+    package = {"simulate": "simulators", "ingest": "ingest"}[command]
+    try:
+        module = importlib.import_module(f"{package}.cli")
+    except ModuleNotFoundError as exc:
+        print(f"anxiao: 错误 error: {command} is not available: {exc}", file=sys.stderr)
+        return 2
+    return int(module.main(rest))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,7 +24,7 @@ def _anxiao(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-def test_status_json_reports_the_stack(database_url: str) -> None:
+def test_status_json_reports_the_stack(database_url: str, settings: Settings) -> None:
     result = _anxiao("status", "--json", env={"ANXIAO_DATABASE_URL": database_url})
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
@@ -30,20 +32,16 @@ def test_status_json_reports_the_stack(database_url: str) -> None:
     assert status["schema_version"] == status["schema_latest"] >= 1
     assert status["timescaledb_edition"] in ("apache", "timescale")
     assert (status["mqtt_host"], status["mqtt_port"], status["http_port"]) == (
-        "127.0.0.1",
-        51883,
-        8420,
+        settings.mqtt.host,
+        settings.mqtt.port,
+        settings.http_port,
     )
 
 
-def test_status_reports_an_unreachable_broker(database_url: str) -> None:
+def test_status_reports_an_unreachable_broker(database_url: str, settings: Settings) -> None:
+    wrong = f"mqtt://svc~anxiao:wrong@{settings.mqtt.host}:{settings.mqtt.port}"
     result = _anxiao(
-        "status",
-        "--json",
-        env={
-            "ANXIAO_DATABASE_URL": database_url,
-            "ANXIAO_MQTT_URL": "mqtt://svc~anxiao:wrong@127.0.0.1:51883",
-        },
+        "status", "--json", env={"ANXIAO_DATABASE_URL": database_url, "ANXIAO_MQTT_URL": wrong}
     )
     assert result.returncode == 1
     status = json.loads(result.stdout)
