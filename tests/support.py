@@ -7,7 +7,7 @@ import time
 
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from core.settings import MqttUrl
 
@@ -36,7 +36,7 @@ def connect_mqtt(
     client_id: str = "",
     username: str | None = None,
     password: str | None = None,
-    protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
+    protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5,
 ) -> mqtt.Client:
     """Connect a paho client and start its loop; raise if the broker refuses."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
