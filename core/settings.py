@@ -73,6 +73,36 @@ class Settings(BaseSettings):
     #: Event-time lateness tolerated without changing alerts (contract §3).
     allowed_lateness_s: float = Field(default=30.0, ge=0)
 
+    # ---- ingest (block owned by ingest/; see ingest/service.py) ----------
+    #: MQTT client id of this ingest worker; give each worker of a shared group its own,
+    #: stable id (its persistent session holds its share of in-flight messages).
+    ingest_client_id: str = Field(default="anxiao-ingest", min_length=1, max_length=128)
+    #: Shared-subscription group: several workers split ``$share/<group>/<topic>``.
+    ingest_share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    ingest_topic: str = "anxiao/v1/dev/+/+"
+    #: How long the broker keeps the session (and queues messages) while ingest is away.
+    ingest_session_expiry_s: int = Field(default=7 * 86400, ge=0, le=0xFFFFFFFF)
+    #: Unacknowledged QoS 1 messages the broker may have in flight to us (MQTT 5
+    #: Receive Maximum); without it Mosquitto falls back to ``max_inflight_messages``.
+    ingest_receive_maximum: int = Field(default=20000, ge=1, le=65535)
+    #: A batch is written when it holds this many messages, this many payload bytes,
+    #: or its oldest message is this old, whichever comes first.
+    ingest_batch_max_messages: int = Field(default=5000, ge=1)
+    ingest_batch_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    ingest_batch_max_age_ms: int = Field(default=50, ge=1)
+    #: Larger payloads become ``too_large`` dead letters (contract §1: 256 KiB).
+    ingest_max_payload_bytes: int = Field(default=256 * 1024, ge=1)
+    #: The device directory (id -> key) is reloaded at least this often.
+    ingest_device_refresh_s: float = Field(default=60.0, gt=0)
+    ingest_keepalive_s: int = Field(default=30, ge=5, le=65535)
+    #: Reconnect backoff (broker and database): capped, jittered exponential.
+    ingest_backoff_initial_s: float = Field(default=0.1, gt=0)
+    ingest_backoff_max_s: float = Field(default=10.0, gt=0)
+    #: On SIGTERM, how long to keep trying to commit what is held before giving up
+    #: (what is not committed is not acknowledged, so the broker redelivers it).
+    ingest_shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    # ---- end of the ingest block -------------------------------------------
+
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
         if self.env == "production":
