@@ -1,0 +1,628 @@
+"""Distance from many fixes to their buses' assigned routes.
+
+Routes are prepared once into a uniform grid. For every (cell, route) pair
+within the cutoff of each other the grid keeps the short runs of that
+route's consecutive segments that can be the nearest one for some point of
+the cell *and* lie within the cutoff of it. A query then costs one lookup
+per (fix, route) and a handful of point–segment distances, instead of one
+distance per segment of the route.
+
+Why the pruning is exact: for a cell ``C`` with centre ``o`` and half
+diagonal ``h``, every point of ``C`` is within ``U = min_s dist(o, s) + h``
+of the route, so its nearest segment ``s*`` has ``dist(C, s*) <= U``; a
+segment farther than ``U`` from the cell can never be the nearest. Segments
+farther than the cutoff from the cell are dropped too, so a fix farther than
+the cutoff from a route finds no candidate within the cutoff and is
+reported as "far".
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+import shapely
+
+__all__ = ["PreparedRoutes", "RouteDistances", "RouteSets", "distance_to_routes"]
+
+_F64 = npt.NDArray[np.float64]
+_I64 = npt.NDArray[np.int64]
+_I32 = npt.NDArray[np.int32]
+_BOOL = npt.NDArray[np.bool_]
+
+#: Upper bound on (segment, cell) pairs examined at once while building, to bound memory.
+_BUILD_CHUNK_PAIRS: Final = 1_000_000
+#: Dense cell table limit; beyond it the cell size grows (8 bytes per cell).
+_MAX_CELLS: Final = 1 << 22
+#: Fixes or candidate runs handled per pass in queries, to stay within the CPU cache.
+_QUERY_CHUNK: Final = 8192
+#: Runs of candidate segments separated by at most this many other segments are merged.
+_RUN_GAP: Final = 2
+
+
+class RouteDistances(NamedTuple):
+    """
+    Result of :func:`distance_to_routes`, one entry per fix.
+
+    ``distance_m`` (float64): distance in metres from the fix to the nearest
+    of its assigned routes, in the projected frame; ``inf`` when the fix has
+    no usable route, or when it is farther than ``cutoff_m`` from all of them
+    and the exact fallback was turned off.
+    ``route_index`` (int64): index (in :class:`PreparedRoutes` order) of that
+    nearest route; ``-1`` whenever ``distance_m`` is ``inf``. Ties go to the
+    route listed first in the fix's route set.
+    ``within_corridor`` (bool): the fix is within ``corridor_m`` (inclusive)
+    of at least one of its assigned routes, each route with its own corridor.
+    Always exact, because ``cutoff_m >= corridor_m`` for every route.
+    """
+
+    distance_m: _F64
+    route_index: _I64
+    within_corridor: _BOOL
+
+
+@dataclass(frozen=True)
+class RouteSets:
+    """
+    Ragged sets of route indices, e.g. the routes assigned to each bus.
+
+    Set ``s`` is ``route_index[offsets[s]:offsets[s + 1]]``; indices refer to
+    the routes of a :class:`PreparedRoutes`. A set may be empty (a bus with
+    no route): its fixes get ``inf`` and ``route_index == -1``.
+    """
+
+    offsets: _I64
+    route_index: _I64
+
+    def __post_init__(self) -> None:
+        offsets = np.ascontiguousarray(self.offsets, dtype=np.int64)
+        route_index = np.ascontiguousarray(self.route_index, dtype=np.int64)
+        if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0:
+            raise ValueError("offsets must be a 1-D array starting at 0")
+        if np.any(np.diff(offsets) < 0) or offsets[-1] != route_index.size:
+            raise ValueError("offsets must be non-decreasing and end at len(route_index)")
+        if route_index.ndim != 1 or (route_index.size and route_index.min() < 0):
+            raise ValueError("route_index must be a 1-D array of indices >= 0")
+        object.__setattr__(self, "offsets", offsets)
+        object.__setattr__(self, "route_index", route_index)
+
+    @classmethod
+    def from_lists(cls, sets: Sequence[Sequence[int]]) -> RouteSets:
+        """Build from one sequence of route indices per set."""
+        sizes = np.fromiter((len(s) for s in sets), dtype=np.int64, count=len(sets))
+        offsets = np.zeros(len(sets) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        flat = np.fromiter(
+            (int(r) for s in sets for r in s), dtype=np.int64, count=int(offsets[-1])
+        )
+        return cls(offsets=offsets, route_index=flat)
+
+    @property
+    def n_sets(self) -> int:
+        """Number of sets."""
+        return int(self.offsets.size - 1)
+
+
+class PreparedRoutes:
+    """
+    Route LineStrings in metres (see :func:`geofence.project_geometry`), prepared for queries.
+
+    ``lines``: a sequence or array of shapely LineStrings in the projected
+    frame; an empty LineString is allowed and is never near anything.
+    ``corridor_m``: each route's corridor half-width in metres (a scalar or
+    one per route), used for ``within_corridor``.
+    ``cutoff_m``: distances up to this many metres come from the grid;
+    beyond it a fix is "far" (exact fallback or ``inf``, see
+    :func:`distance_to_routes`). Must be at least every ``corridor_m``;
+    defaults to ``max(corridor_m)`` but not less than 100 m.
+    ``cell_m``: grid cell size in metres (default 200); smaller cells mean
+    fewer candidate segments per fix but more memory. It grows on its own if
+    the routes' extent would need more than 4 million cells.
+
+    Memory is about 16 bytes per (cell, route) pair within ``cutoff_m`` of
+    each other, i.e. ``16 * length_m * (cell_m + 2 * cutoff_m) / cell_m²``
+    per route, plus 16 bytes per vertex and 8 per grid cell.
+    """
+
+    def __init__(
+        self,
+        lines: Sequence[Any] | npt.NDArray[np.object_],
+        *,
+        corridor_m: float | npt.ArrayLike = 100.0,
+        cutoff_m: float | None = None,
+        cell_m: float = 200.0,
+    ) -> None:
+        geoms = np.asarray(lines, dtype=object).reshape(-1)
+        if geoms.size and not np.all(shapely.get_type_id(geoms) == 1):
+            raise ValueError("every route must be a LineString")
+        n_routes = geoms.size
+        corridor = np.broadcast_to(np.asarray(corridor_m, dtype=np.float64), (n_routes,)).copy()
+        if np.any(~np.isfinite(corridor)) or np.any(corridor < 0):
+            raise ValueError("corridor_m must be finite and >= 0")
+        max_corridor = float(corridor.max()) if n_routes else 0.0
+        cutoff = float(cutoff_m) if cutoff_m is not None else max(max_corridor, 100.0)
+        if not math.isfinite(cutoff) or cutoff < max_corridor or cutoff <= 0:
+            raise ValueError(f"cutoff_m must be finite, > 0 and >= every corridor_m, got {cutoff}")
+        if not math.isfinite(cell_m) or cell_m <= 0:
+            raise ValueError(f"cell_m must be finite and > 0, got {cell_m}")
+        self.lines: npt.NDArray[np.object_] = geoms
+        self.corridor_m: _F64 = corridor
+        self.cutoff_m: float = cutoff
+        self.cell_m: float = float(cell_m)
+        self._build()
+
+    @property
+    def n_routes(self) -> int:
+        """Number of routes."""
+        return int(self.lines.size)
+
+    def _build(self) -> None:
+        coords, owner = shapely.get_coordinates(self.lines, return_index=True)
+        coords = np.asarray(coords, dtype=np.float64)
+        owner = np.asarray(owner, dtype=np.int64)
+        if coords.size and not np.all(np.isfinite(coords)):
+            raise ValueError("route coordinates must be finite")
+        if owner.size >= np.iinfo(np.int32).max:
+            raise ValueError("too many route vertices")
+        # Queries read vertices only: a segment is numbered by its start vertex,
+        # and the vertices of one segment run are adjacent in memory.
+        self._xy: _F64 = np.ascontiguousarray(coords)
+        # A segment joins consecutive vertices of the same route.
+        seg_vertex = np.flatnonzero(owner[1:] == owner[:-1])
+        a = coords[seg_vertex]
+        d = coords[seg_vertex + 1] - a
+        seg_route = owner[seg_vertex]
+        len2 = np.einsum("ij,ij->i", d, d)
+        # Zero-length segments get 1/|d|² = 0, which makes them their start point.
+        inv_len2 = np.divide(1.0, len2, out=np.zeros_like(len2), where=len2 > 0)
+        segments = (a[:, 0].copy(), a[:, 1].copy(), d[:, 0].copy(), d[:, 1].copy(), inv_len2)
+        # Each route's first vertex and segment count, for the exact fallback.
+        n_coords = np.bincount(owner, minlength=self.n_routes)
+        self._route_vertex: _I64 = np.cumsum(n_coords) - n_coords
+        self._route_n: _I64 = np.maximum(n_coords - 1, 0)
+
+        cutoff = self.cutoff_m
+        if coords.size:
+            lo = coords.min(axis=0) - cutoff
+            hi = coords.max(axis=0) + cutoff
+        else:
+            lo = hi = np.zeros(2)
+        extent = hi - lo
+        self.cell_m = max(self.cell_m, math.sqrt(float(extent[0] * extent[1]) / _MAX_CELLS))
+        cell = self.cell_m
+        self._x0, self._y0 = float(lo[0]) - cell, float(lo[1]) - cell
+        self._nx = int(extent[0] // cell) + 3
+        self._ny = int(extent[1] // cell) + 3
+        self._ncells = self._nx * self._ny
+
+        # Runs are found per chunk of whole routes, then sorted cell-major.
+        runs: list[tuple[_I64, _I64, _I64]] = []
+        n_seg = seg_route.size
+        span = (cell + 2.0 * cutoff) / cell + 2.0
+        est = span * (span + np.sqrt(len2) / cell)
+        cum = np.cumsum(est)
+        start = 0
+        while start < n_seg:
+            end = int(np.searchsorted(cum, cum[start] - est[start] + _BUILD_CHUNK_PAIRS))
+            end = min(max(end, start + 1), n_seg)
+            end = int(np.searchsorted(seg_route, seg_route[end - 1], side="right"))
+            runs.append(self._build_runs(start, end, seg_route, segments))
+            start = end
+        if runs:
+            key = np.concatenate([r[0] for r in runs])
+            seg_lo = np.concatenate([r[1] for r in runs])
+            seg_n = np.concatenate([r[2] for r in runs])
+        else:
+            key = seg_lo = seg_n = np.zeros(0, dtype=np.int64)
+        route = key // self._ncells
+        cell_of = key % self._ncells
+        order = np.lexsort((seg_lo, route, cell_of))
+        route, cell_of, seg_lo, seg_n = route[order], cell_of[order], seg_lo[order], seg_n[order]
+        self._cell_offsets: _I64 = np.zeros(self._ncells + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cell_of, minlength=self._ncells), out=self._cell_offsets[1:])
+        # One sentinel entry so a search may read one past the last entry.
+        self._entry_route: _I32 = np.append(route, -1).astype(np.int32)
+        self._entry_vertex: _I32 = seg_vertex[seg_lo].astype(np.int32)
+        self._entry_n: _I32 = seg_n.astype(np.int32)
+        # Entries of one (cell, route) are adjacent; the first one knows how many there are.
+        group_start = np.flatnonzero(
+            np.r_[True, (route[1:] != route[:-1]) | (cell_of[1:] != cell_of[:-1])]
+        )
+        group_n = np.diff(np.append(group_start, route.size))
+        self._entry_group_n: _I32 = np.zeros(route.size + 1, dtype=np.int32)
+        self._entry_group_n[group_start] = group_n
+        population = np.diff(self._cell_offsets)
+        self._search_steps = int(population.max()).bit_length() if population.size else 0
+
+    def _build_runs(
+        self,
+        start: int,
+        end: int,
+        seg_route: _I64,
+        segments: tuple[_F64, _F64, _F64, _F64, _F64],
+    ) -> tuple[_I64, _I64, _I64]:
+        """(route-major key, first segment, segment count) of candidate runs in a chunk."""
+        cell, cutoff = self.cell_m, self.cutoff_m
+        half_diag = cell * math.sqrt(0.5)
+        ax, ay, ux, uy, inv = (column[start:end] for column in segments)
+        ix0 = np.floor((np.minimum(ax, ax + ux) - cutoff - self._x0) / cell).astype(np.int64)
+        ix1 = np.floor((np.maximum(ax, ax + ux) + cutoff - self._x0) / cell).astype(np.int64)
+        iy0 = np.floor((np.minimum(ay, ay + uy) - cutoff - self._y0) / cell).astype(np.int64)
+        iy1 = np.floor((np.maximum(ay, ay + uy) + cutoff - self._y0) / cell).astype(np.int64)
+        width = ix1 - ix0 + 1
+        n_cells = width * (iy1 - iy0 + 1)
+        t_seg = np.repeat(np.arange(end - start), n_cells)
+        local = np.arange(t_seg.size) - np.repeat(np.cumsum(n_cells) - n_cells, n_cells)
+        cx = ix0[t_seg] + local % width[t_seg]
+        cy = iy0[t_seg] + local // width[t_seg]
+        ox = self._x0 + (cx + 0.5) * cell
+        oy = self._y0 + (cy + 0.5) * cell
+        d_centre = np.sqrt(
+            _point_segment_d2(ox, oy, ax[t_seg], ay[t_seg], ux[t_seg], uy[t_seg], inv[t_seg])
+        )
+        keep = d_centre <= cutoff + half_diag
+        t_seg, cx, cy, d_centre = t_seg[keep], cx[keep], cy[keep], d_centre[keep]
+        key = seg_route[start + t_seg] * self._ncells + cy * self._nx + cx
+        # Stable, so each key's segments stay in increasing order.
+        order = np.argsort(key, kind="stable")
+        key, t_seg, d_centre = key[order], t_seg[order], d_centre[order]
+        if key.size == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        group_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        group_n = np.diff(np.append(group_start, key.size))
+        best_centre = np.repeat(np.minimum.reduceat(d_centre, group_start), group_n)
+        bound = np.minimum(best_centre + half_diag, cutoff)
+        # The distance to the cell is at least the distance to its centre minus the
+        # half diagonal, and at most the distance to its centre: only the cases in
+        # between need the exact cell distance.
+        keep = d_centre - half_diag <= bound
+        key, t_seg, bound, d_centre = key[keep], t_seg[keep], bound[keep], d_centre[keep]
+        unsure = np.flatnonzero(d_centre > bound)
+        cell_no = key[unsure] % self._ncells
+        sel = t_seg[unsure]
+        keep = np.ones(key.size, dtype=bool)
+        keep[unsure] = _segment_near_cell(
+            ax[sel],
+            ay[sel],
+            ux[sel],
+            uy[sel],
+            inv[sel],
+            self._x0 + (cell_no % self._nx) * cell,
+            self._y0 + (cell_no // self._nx) * cell,
+            cell,
+            bound[unsure],
+        )
+        key, seg = key[keep], t_seg[keep] + start
+        if key.size == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        new_run = np.r_[True, (key[1:] != key[:-1]) | (seg[1:] - seg[:-1] > _RUN_GAP + 1)]
+        run_start = np.flatnonzero(new_run)
+        run_end = np.append(run_start[1:], key.size) - 1
+        return key[run_start], seg[run_start], seg[run_end] - seg[run_start] + 1
+
+
+def _point_segment_d2(
+    px: _F64, py: _F64, ax: _F64, ay: _F64, ux: _F64, uy: _F64, inv_len2: _F64
+) -> _F64:
+    """Squared distance in m² from points to segments ``a + t u``, ``t`` in [0, 1]."""
+    dx = px - ax
+    dy = py - ay
+    t = dx * ux
+    t += dy * uy
+    t *= inv_len2
+    np.clip(t, 0.0, 1.0, out=t)
+    dx -= t * ux
+    dy -= t * uy
+    dx *= dx
+    dy *= dy
+    dx += dy
+    return dx
+
+
+def _segment_near_cell(
+    ax: _F64,
+    ay: _F64,
+    ux: _F64,
+    uy: _F64,
+    inv_len2: _F64,
+    x0: _F64,
+    y0: _F64,
+    size: float,
+    bound: _F64,
+) -> _BOOL:
+    """
+    Whether segments come within ``bound`` metres of the square cells at ``(x0, y0)``.
+
+    The distance is zero when they touch; otherwise it is attained at a
+    segment end or a cell corner.
+    """
+    x1 = x0 + size
+    y1 = y0 + size
+    d2 = np.full(ax.shape, np.inf)
+    for cx, cy in ((x0, y0), (x1, y0), (x0, y1), (x1, y1)):
+        np.minimum(d2, _point_segment_d2(cx, cy, ax, ay, ux, uy, inv_len2), out=d2)
+    for ex, ey in ((ax, ay), (ax + ux, ay + uy)):
+        ddx = np.maximum(np.maximum(x0 - ex, ex - x1), 0.0)
+        ddy = np.maximum(np.maximum(y0 - ey, ey - y1), 0.0)
+        np.minimum(d2, ddx * ddx + ddy * ddy, out=d2)
+    near: _BOOL = d2 <= bound * bound
+    rest = np.flatnonzero(~near)
+    near[rest] = _segment_hits_cell(
+        ax[rest], ay[rest], ux[rest], uy[rest], x0[rest], y0[rest], x1[rest], y1[rest]
+    )
+    return near
+
+
+def _segment_hits_cell(
+    ax: _F64, ay: _F64, ux: _F64, uy: _F64, x0: _F64, y0: _F64, x1: _F64, y1: _F64
+) -> _BOOL:
+    """Whether segments ``a + t u`` (t in [0, 1]) touch closed rectangles (Liang–Barsky)."""
+    t0 = np.zeros_like(ax)
+    t1 = np.ones_like(ax)
+    hit = np.ones(ax.shape, dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for p, q in ((-ux, ax - x0), (ux, x1 - ax), (-uy, ay - y0), (uy, y1 - ay)):
+            parallel = p == 0
+            hit &= ~(parallel & (q < 0))
+            r = q / np.where(parallel, 1.0, p)
+            t0 = np.where(~parallel & (p < 0), np.maximum(t0, r), t0)
+            t1 = np.where(~parallel & (p > 0), np.minimum(t1, r), t1)
+    result: _BOOL = hit & (t0 <= t1)
+    return result
+
+
+def distance_to_routes(
+    x_m: npt.ArrayLike,
+    y_m: npt.ArrayLike,
+    *,
+    set_index: npt.ArrayLike,
+    routes: PreparedRoutes,
+    sets: RouteSets,
+    exact_beyond_cutoff: bool = True,
+) -> RouteDistances:
+    """
+    Distance in metres from each fix to the nearest route of its route set.
+
+    ``x_m``, ``y_m``: fix positions in the projected frame of ``routes``
+    (1-D, length N). ``set_index``: for each fix, the index of its route set
+    in ``sets`` (e.g. its bus). Returns a :class:`RouteDistances` of arrays
+    of length N.
+
+    Contract, with ``d`` the true planar distance from the fix to the nearest
+    of its routes (what ``shapely.distance`` gives on the same coordinates):
+
+    * ``d <= routes.cutoff_m``: ``distance_m == d`` up to float rounding
+      (~1e-9 m), from the grid.
+    * ``d > routes.cutoff_m``: with ``exact_beyond_cutoff`` (default) the
+      distance is still exact, from a fallback that measures those fixes
+      against every segment of their routes (vectorized, a few ns per
+      segment); without it, ``distance_m`` is ``inf`` and ``route_index`` is
+      ``-1``, meaning only "farther than ``cutoff_m`` from every assigned
+      route".
+    * ``within_corridor`` is exact in both modes.
+
+    Non-finite coordinates count as far from everything (``inf``).
+    """
+    x = np.ascontiguousarray(x_m, dtype=np.float64).reshape(-1)
+    y = np.ascontiguousarray(y_m, dtype=np.float64).reshape(-1)
+    s = np.ascontiguousarray(set_index, dtype=np.int64).reshape(-1)
+    n = x.size
+    if y.size != n or s.size != n:
+        raise ValueError("x_m, y_m and set_index must have the same length")
+    if n and (s.min() < 0 or s.max() >= sets.n_sets):
+        raise ValueError("set_index out of range of sets")
+    if sets.route_index.size and sets.route_index.max() >= routes.n_routes:
+        raise ValueError("sets refer to a route index beyond routes")
+
+    # (fix, route) pairs; with one route per set a pair is a fix.
+    set_size = sets.offsets[s + 1] - sets.offsets[s]
+    single = bool(n == 0 or (set_size.min() == 1 and set_size.max() == 1))
+    if single:
+        pair_fix = np.arange(n, dtype=np.int64)
+        pair_route = sets.route_index[sets.offsets[s]]
+        pair_start = pair_fix
+    else:
+        n_pairs = int(set_size.sum())
+        pair_start = np.cumsum(set_size) - set_size
+        pair_fix = np.repeat(np.arange(n, dtype=np.int64), set_size)
+        pos = np.arange(n_pairs, dtype=np.int64) + np.repeat(sets.offsets[s] - pair_start, set_size)
+        pair_route = sets.route_index[pos]
+
+    d2 = _grid_d2(routes, x, y, pair_fix, pair_route, single=single)
+    cutoff2 = routes.cutoff_m * routes.cutoff_m
+    pair_d2 = np.where(d2 <= cutoff2, d2, np.inf)
+    if exact_beyond_cutoff:
+        _exact_far(routes, x, y, pair_fix, pair_route, pair_d2)
+
+    corridor = routes.corridor_m[pair_route]
+    pair_within = pair_d2 <= corridor * corridor
+    if single:
+        best_d2 = pair_d2
+        within = pair_within
+        best_route = pair_route.copy()
+    else:
+        best_d2 = np.full(n, np.inf)
+        within = np.zeros(n, dtype=bool)
+        best_route = np.full(n, -1, dtype=np.int64)
+        has = set_size > 0
+        if np.any(has):
+            starts = pair_start[has]
+            best_d2[has] = np.minimum.reduceat(pair_d2, starts)
+            within[has] = np.logical_or.reduceat(pair_within, starts)
+            # The first pair of each fix that attains the minimum names the route.
+            hits = np.flatnonzero(pair_d2 == best_d2[pair_fix])
+            first = hits[np.r_[True, pair_fix[hits][1:] != pair_fix[hits][:-1]]]
+            best_route[pair_fix[first]] = pair_route[first]
+    best_route[~np.isfinite(best_d2)] = -1
+    return RouteDistances(
+        distance_m=np.sqrt(best_d2), route_index=best_route, within_corridor=within
+    )
+
+
+def _exact_far(
+    routes: PreparedRoutes, x: _F64, y: _F64, pair_fix: _I64, pair_route: _I64, pair_d2: _F64
+) -> None:
+    """Fill in exact squared distances for fixes with no route within the cutoff."""
+    far_pairs = np.flatnonzero(np.isinf(pair_d2) & (routes._route_n[pair_route] > 0))
+    if far_pairs.size == 0:
+        return
+    # A far route of a fix that is near another of its routes cannot be the nearest.
+    near_fix = np.zeros(x.size, dtype=bool)
+    near_fix[pair_fix[np.isfinite(pair_d2)]] = True
+    far_fix = pair_fix[far_pairs]
+    todo = far_pairs[~near_fix[far_fix] & np.isfinite(x[far_fix]) & np.isfinite(y[far_fix])]
+    if todo.size:
+        route = pair_route[todo]
+        fix = pair_fix[todo]
+        # Every segment of the route is a candidate: one run from its first vertex.
+        pair_d2[todo] = _runs_min_d2(
+            routes._xy, routes._route_vertex[route], routes._route_n[route], x[fix], y[fix]
+        )
+
+
+def _grid_d2(
+    routes: PreparedRoutes,
+    x: _F64,
+    y: _F64,
+    pair_fix: _I64,
+    pair_route: _I64,
+    *,
+    single: bool,
+) -> _F64:
+    """Squared distance per (fix, route) pair over grid candidates; inf when none."""
+    n_pairs = pair_fix.size
+    out = np.full(n_pairs, np.inf)
+    if n_pairs == 0 or routes._entry_n.size == 0:
+        return out
+    inv_cell = 1.0 / routes.cell_m
+    fx = (x - routes._x0) * inv_cell
+    fy = (y - routes._y0) * inv_cell
+    # NaN and far-away fixes fail these comparisons and never reach the grid.
+    inside = (fx >= 0) & (fx < routes._nx) & (fy >= 0) & (fy < routes._ny)
+    cell = np.where(inside, fy.astype(np.int64) * routes._nx + fx.astype(np.int64), 0)
+    if not single:
+        cell = cell[pair_fix]
+        inside = inside[pair_fix]
+    first_entry = np.empty(n_pairs, dtype=np.int64)
+    n_entries = np.empty(n_pairs, dtype=np.int64)
+    # Chunks small enough for the CPU cache make the many passes below cheap.
+    for c0 in range(0, n_pairs, _QUERY_CHUNK):
+        c1 = min(c0 + _QUERY_CHUNK, n_pairs)
+        first_entry[c0:c1], n_entries[c0:c1] = _find_entries(
+            routes, cell[c0:c1], inside[c0:c1], pair_route[c0:c1]
+        )
+    pair = np.flatnonzero(n_entries)
+    if pair.size == 0:
+        return out
+    if n_entries.max() == 1:
+        entry = first_entry[pair]
+        entry_pair = pair
+    else:
+        reps = n_entries[pair]
+        first = np.cumsum(reps) - reps
+        entry = np.arange(int(reps.sum())) + np.repeat(first_entry[pair] - first, reps)
+        entry_pair = np.repeat(pair, reps)
+    fix = pair_fix[entry_pair]
+    entry_d2 = _runs_min_d2(
+        routes._xy, routes._entry_vertex[entry], routes._entry_n[entry], x[fix], y[fix]
+    )
+    if entry_pair.size == pair.size:
+        out[pair] = entry_d2
+    else:
+        np.minimum.at(out, entry_pair, entry_d2)
+    return out
+
+
+def _runs_min_d2(
+    xy: _F64,
+    vertex: npt.NDArray[np.integer[Any]],
+    n_seg: npt.NDArray[np.integer[Any]],
+    px: _F64,
+    py: _F64,
+) -> _F64:
+    """
+    Smallest squared distance in m² from each point to its run of segments.
+
+    Run ``i`` is the ``n_seg[i]`` segments joining vertices
+    ``xy[vertex[i]], ..., xy[vertex[i] + n_seg[i]]``; ``n_seg`` must be > 0.
+    """
+    out = np.empty(px.size)
+    # Runs with the same number of segments are evaluated as 2-D blocks, which
+    # avoids ragged index arithmetic and a reduceat over every candidate.
+    if n_seg.max() < np.iinfo(np.uint16).max:
+        order = np.argsort(n_seg.astype(np.uint16), kind="stable")  # a radix sort
+    else:
+        order = np.argsort(n_seg, kind="stable")
+    sorted_n = n_seg[order]
+    bounds = np.flatnonzero(np.r_[True, sorted_n[1:] != sorted_n[:-1], True])
+    for b0, b1 in itertools.pairwise(bounds):
+        width = int(sorted_n[b0])
+        steps = np.arange(width + 1)[:, None]
+        # Blocks small enough for the CPU cache make the many passes cheap.
+        rows = max(1, _QUERY_CHUNK * 6 // (width + 1))
+        for c0 in range(b0, b1, rows):
+            block = order[c0 : min(c0 + rows, b1)]
+            run_xy = xy.take(steps + vertex[block], axis=0)
+            d2 = _run_d2(px[block], py[block], run_xy[..., 0].copy(), run_xy[..., 1].copy())
+            out[block] = np.minimum.reduce(d2, axis=0)
+    return out
+
+
+def _find_entries(
+    routes: PreparedRoutes, cell: _I64, inside: _BOOL, route: _I64
+) -> tuple[_I64, _I64]:
+    """First entry and number of entries of each (cell, route); 0 entries if none."""
+    lo = routes._cell_offsets[cell]
+    hi = routes._cell_offsets[cell + 1]
+    count = np.where(inside, hi - lo, 0)
+    entry_route = routes._entry_route
+    route32 = route.astype(np.int32)
+    # Vectorized lower bound of the route among the cell's entries, sorted by route.
+    for _ in range(int(count.max()).bit_length()):
+        half = count >> 1
+        mid = lo + half
+        go = entry_route[mid] < route32
+        go &= count > 0
+        lo[go] = mid[go] + 1
+        count = np.where(go, count - half - 1, half)
+    found = entry_route[lo] == route32
+    found &= lo < hi
+    found &= inside
+    return lo, np.where(found, routes._entry_group_n[lo], 0)
+
+
+def _run_d2(px: _F64, py: _F64, x: _F64, y: _F64) -> _F64:
+    """
+    Squared distances in m² from points to runs of consecutive segments.
+
+    ``x``, ``y`` have shape (W + 1, B): column ``b`` holds the W + 1 vertices
+    of point ``b``'s run of W segments; ``px``, ``py`` have shape (B,).
+    Returns shape (W, B).
+    """
+    ax = x[:-1]
+    ay = y[:-1]
+    ux = x[1:] - ax
+    uy = y[1:] - ay
+    dx = px - ax
+    dy = py - ay
+    len2 = ux * ux
+    len2 += uy * uy
+    # A zero-length segment has u = 0, so t = 0 / tiny = 0: its start point.
+    np.maximum(len2, 1e-300, out=len2)
+    t = dx * ux
+    t += dy * uy
+    t /= len2
+    np.clip(t, 0.0, 1.0, out=t)
+    dx -= t * ux
+    dy -= t * uy
+    dx *= dx
+    dy *= dy
+    dx += dy
+    return dx
