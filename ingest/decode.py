@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from itertools import repeat
+from typing import Any, Final, TypeVar
 
 import numpy as np
 import orjson
@@ -84,6 +85,8 @@ _NONE: Final = frozenset({type(None)})
 _OK, _MISSING, _BAD = 0, 1, 2
 _SMOKE_CODE: Final = {s: i for i, s in enumerate(SMOKE_STATES)}
 _BUTTON_CODE: Final = {s: i for i, s in enumerate(BUTTON_EVENTS)}
+#: Readings cut into columns at a time (see decode_messages).
+_CHUNK_ROWS: Final = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,11 +189,19 @@ def decode_messages(
 ) -> Decoded:
     """Decode and validate one batch of messages (see the module docstring)."""
     count = len(topics)
-    dead = DeadLetters()
-    received = received_ms.tolist()
-    keys = [0] * count
-    device_ids: list[str] = [""] * count
-    buckets: dict[str, tuple[list[object], list[int]]] = {c: ([], []) for c in CHANNELS}
+    batch = _Batch(
+        topics=topics,
+        payloads=payloads,
+        received=received_ms.tolist(),
+        received_ms=received_ms,
+        keys=np.zeros(count, dtype=np.int32),
+        device_ids=[""] * count,
+        dead=DeadLetters(),
+        limits=limits,
+    )
+    dead, received, keys, device_ids = batch.dead, batch.received, batch.keys, batch.device_ids
+    buckets = {c: _Bucket() for c in CHANNELS}
+    parts: dict[str, list[Any]] = {c: [] for c in CHANNELS}
     unknown: set[str] = set()
     loads = orjson.loads
     max_bytes = limits.max_payload_bytes
@@ -233,23 +244,23 @@ def decode_messages(
             continue
         keys[m] = key
         device_ids[m] = device
-        objects, messages = buckets[channel]
-        objects.append(document)
-        messages.append(m)
-    batch = _Batch(
-        topics=topics,
-        payloads=payloads,
-        received=received,
-        received_ms=received_ms,
-        keys=np.array(keys, dtype=np.int32),
-        device_ids=device_ids,
-        dead=dead,
-        limits=limits,
-    )
-    gps, gps_dups = _decode_gps(batch, *buckets["gps"])
-    heartbeat, heartbeat_dups = _decode_heartbeat(batch, *buckets["heartbeat"])
-    smoke, smoke_dups = _decode_smoke(batch, *buckets["smoke"])
-    button, button_dups = _decode_button(batch, *buckets["button"])
+        bucket = buckets[channel]
+        bucket.objects.append(document)
+        bucket.messages.append(m)
+        listed = document.get("fixes") if channel == "gps" else None
+        bucket.rows += len(listed) if type(listed) is list else 1
+        if bucket.rows >= _CHUNK_ROWS:
+            # Columns are cut from the objects while they are still in the CPU
+            # cache: about twice as fast as one pass over the whole batch.
+            parts[channel].append(_DECODERS[channel](batch, bucket.objects, bucket.messages))
+            buckets[channel] = _Bucket()
+    for channel, bucket in buckets.items():
+        if bucket.objects:
+            parts[channel].append(_DECODERS[channel](batch, bucket.objects, bucket.messages))
+    gps, gps_dups = _merge(GpsColumns, parts["gps"])
+    heartbeat, heartbeat_dups = _merge(HeartbeatColumns, parts["heartbeat"])
+    smoke, smoke_dups = _merge(SmokeColumns, parts["smoke"])
+    button, button_dups = _merge(ButtonColumns, parts["button"])
     return Decoded(
         gps=gps,
         heartbeat=heartbeat,
@@ -267,6 +278,23 @@ def decode_messages(
     )
 
 
+_C = TypeVar("_C", GpsColumns, HeartbeatColumns, SmokeColumns, ButtonColumns)
+
+
+def _merge(kind: type[_C], parts: list[_C]) -> tuple[_C, int]:
+    """One column set from the chunks: sorted by (device, ts), in-batch duplicates dropped."""
+    if not parts:
+        return kind.empty(), 0
+    if len(parts) == 1:
+        merged = parts[0]
+    else:
+        merged = kind(
+            **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(kind)}
+        )
+    order, duplicates = _order(merged.device_key, merged.ts_ms)
+    return merged.select(order), duplicates
+
+
 # --------------------------------------------------------------------- helpers
 
 
@@ -282,6 +310,15 @@ class _Batch:
     device_ids: list[str]
     dead: DeadLetters
     limits: Limits
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """Messages of one channel waiting to be cut into columns."""
+
+    objects: list[object] = field(default_factory=list)
+    messages: list[int] = field(default_factory=list)
+    rows: int = 0
 
 
 class _Problems:
@@ -412,13 +449,19 @@ def _timestamps(values: list[object]) -> tuple[NDArray[np.int64], NDArray[np.int
     return column, state
 
 
+def _field(objects: list[dict[str, object]], name: str) -> list[object]:
+    """One field of every object (None where absent), without a Python frame per object."""
+    return list(map(dict.get, objects, repeat(name)))
+
+
 def _check_ts(
     problems: _Problems,
     values: list[object],
+    ts_ms: NDArray[np.int64],
+    state: NDArray[np.int8],
     received_ms: NDArray[np.int64],
     limits: Limits,
-) -> NDArray[np.int64]:
-    ts_ms, state = _timestamps(values)
+) -> None:
     problems.flag(
         state == _BAD, "bad_time", "ts is neither epoch ms nor RFC 3339 with offset", values
     )
@@ -435,7 +478,6 @@ def _check_ts(
         f"ts more than {limits.max_future_ms // 1000} s after receive time",
         values,
     )
-    return ts_ms
 
 
 def _optional_number(
@@ -449,7 +491,7 @@ def _optional_number(
     integral: bool = False,
 ) -> NDArray[np.float64]:
     """Check an optional number field; NaN where absent."""
-    values = [o.get(name) for o in objects]
+    values = _field(objects, name)
     column, state = _numbers(values)
     problems.flag(state == _BAD, "out_of_range", f"{name} is not a number", values)
     with np.errstate(invalid="ignore"):
@@ -464,7 +506,7 @@ def _optional_number(
 def _optional_dword(
     problems: _Problems, objects: list[dict[str, object]], name: str
 ) -> NDArray[np.int64]:
-    values = [o.get(name) for o in objects]
+    values = _field(objects, name)
     column, state = _integers(values)
     problems.flag(state == _BAD, "out_of_range", f"{name} is not an integer", values)
     problems.flag(
@@ -474,14 +516,6 @@ def _optional_dword(
         values,
     )
     return column
-
-
-def _required_present(
-    problems: _Problems, objects: list[dict[str, object]], names: Sequence[str]
-) -> None:
-    for name in names:
-        missing = np.fromiter((o.get(name) is None for o in objects), bool, len(objects))
-        problems.flag(missing, "missing_field", f"{name} is required")
 
 
 def _dead_rows(
@@ -524,9 +558,7 @@ def _order(device_key: NDArray[np.int32], ts_ms: NDArray[np.int64]) -> tuple[NDA
 # ------------------------------------------------------------------ channels
 
 
-def _decode_gps(
-    batch: _Batch, documents: list[object], messages: list[int]
-) -> tuple[GpsColumns, int]:
+def _decode_gps(batch: _Batch, documents: list[object], messages: list[int]) -> GpsColumns:
     limits = batch.limits
     fixes: list[object] = []
     fix_message: list[int] = []
@@ -571,7 +603,7 @@ def _decode_gps(
         fix_position.extend(range(count))
     rows = len(fixes)
     if rows == 0:
-        return GpsColumns.empty(), 0
+        return GpsColumns.empty()
     row_message = np.array(fix_message, dtype=np.intp)
     problems = _Problems(rows)
     objects: list[dict[str, object]]
@@ -582,13 +614,16 @@ def _decode_gps(
         problems.flag(not_object, "out_of_range", "fix is not a JSON object")
         objects = [f if type(f) is dict else {} for f in fixes]
     received_ms = batch.received_ms[row_message]
-    _required_present(problems, objects, ("ts", "lat", "lon"))
-    ts_values = [o.get("ts") for o in objects]
-    ts_ms = _check_ts(problems, ts_values, received_ms, limits)
-    lat_values = [o.get("lat") for o in objects]
-    lon_values = [o.get("lon") for o in objects]
+    ts_values = _field(objects, "ts")
+    lat_values = _field(objects, "lat")
+    lon_values = _field(objects, "lon")
+    ts_ms, ts_state = _timestamps(ts_values)
     lat, lat_state = _numbers(lat_values)
     lon, lon_state = _numbers(lon_values)
+    problems.flag(ts_state == _MISSING, "missing_field", "ts is required")
+    problems.flag(lat_state == _MISSING, "missing_field", "lat is required")
+    problems.flag(lon_state == _MISSING, "missing_field", "lon is required")
+    _check_ts(problems, ts_values, ts_ms, ts_state, received_ms, limits)
     problems.flag(lat_state == _BAD, "out_of_range", "lat is not a number", lat_values)
     problems.flag(lon_state == _BAD, "out_of_range", "lon is not a number", lon_values)
     problems.flag(np.abs(lat) > 90, "out_of_range", "lat outside [-90, 90]", lat_values)
@@ -611,12 +646,9 @@ def _decode_gps(
         ]
         labels = [f"fixes[{p}]" if p >= 0 else "" for p in fix_position]
         _dead_rows(batch, problems, row_message, row_payload, labels)
-    rows_kept = np.flatnonzero(good)
-    device_key = batch.keys[row_message[rows_kept]]
-    order, duplicates = _order(device_key, ts_ms[rows_kept])
-    chosen = rows_kept[order]
-    columns = GpsColumns(
-        device_key=device_key[order],
+    chosen = np.flatnonzero(good)
+    return GpsColumns(
+        device_key=batch.keys[row_message[chosen]],
         ts_ms=ts_ms[chosen],
         received_ms=received_ms[chosen],
         lat=lat[chosen],
@@ -632,115 +664,113 @@ def _decode_gps(
         backfill=np.array(fix_backfill, dtype=np.bool_)[chosen],
         new=np.ones(chosen.shape[0], dtype=np.bool_),
     )
-    return columns, duplicates
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """The start of a single-reading channel: required fields checked, ``ts`` parsed."""
+
+    objects: list[dict[str, object]]
+    row_message: NDArray[np.intp]
+    problems: _Problems
+    ts_ms: NDArray[np.int64]
+    received_ms: NDArray[np.int64]
+    #: Codes of the required text field (``state``, ``event``), -1 where unusable.
+    text: NDArray[np.int64]
 
 
 def _channel_rows(
-    batch: _Batch, documents: list[object], messages: list[int], required: Sequence[str]
-) -> tuple[
-    list[dict[str, object]], NDArray[np.intp], _Problems, NDArray[np.int64], NDArray[np.int64]
-]:
-    """Shared start of the single-reading channels: required fields and ``ts``."""
+    batch: _Batch,
+    documents: list[object],
+    messages: list[int],
+    text: tuple[str, Mapping[str, int]] | None = None,
+) -> _Rows:
+    """Missing fields first, then ``ts``, then the required text field's value."""
     objects: list[dict[str, object]] = documents  # type: ignore[assignment]
     row_message = np.array(messages, dtype=np.intp)
     problems = _Problems(len(objects))
     received_ms = batch.received_ms[row_message]
-    _required_present(problems, objects, required)
-    ts_ms = _check_ts(problems, [o.get("ts") for o in objects], received_ms, batch.limits)
-    return objects, row_message, problems, ts_ms, received_ms
+    ts_values = _field(objects, "ts")
+    ts_ms, ts_state = _timestamps(ts_values)
+    problems.flag(ts_state == _MISSING, "missing_field", "ts is required")
+    codes = np.zeros(0, dtype=np.int64)
+    text_values: list[object] = []
+    if text is not None:
+        name, vocabulary = text
+        text_values = _field(objects, name)
+        codes = np.fromiter(
+            (vocabulary.get(v, -1) if type(v) is str else -1 for v in text_values),
+            np.int64,
+            len(text_values),
+        )
+        missing = np.fromiter((v is None for v in text_values), bool, len(text_values))
+        problems.flag(missing, "missing_field", f"{name} is required")
+    _check_ts(problems, ts_values, ts_ms, ts_state, received_ms, batch.limits)
+    if text is not None:
+        name, vocabulary = text
+        problems.flag(
+            codes < 0, "out_of_range", f"{name} must be one of {', '.join(vocabulary)}", text_values
+        )
+    return _Rows(objects, row_message, problems, ts_ms, received_ms, codes)
 
 
-def _text_codes(
-    problems: _Problems,
-    objects: list[dict[str, object]],
-    name: str,
-    codes: Mapping[str, int],
-) -> NDArray[np.int64]:
-    values = [o.get(name) for o in objects]
-    column = np.fromiter(
-        (codes.get(v, -1) if type(v) is str else -1 for v in values), np.int64, len(values)
-    )
-    present = np.fromiter((v is not None for v in values), bool, len(values))
-    problems.flag(
-        present & (column < 0), "out_of_range", f"{name} must be one of {', '.join(codes)}", values
-    )
-    return column
-
-
-def _finish(
-    batch: _Batch,
-    problems: _Problems,
-    row_message: NDArray[np.intp],
-    ts_ms: NDArray[np.int64],
-) -> tuple[NDArray[np.intp], NDArray[np.int32], int]:
-    """Dead-letter the bad rows; return the kept rows in key order and duplicates."""
-    good = problems.ok()
+def _finish(batch: _Batch, rows: _Rows) -> tuple[NDArray[np.intp], NDArray[np.int32]]:
+    """Dead-letter the bad rows; return the kept rows and their device keys."""
+    good = rows.problems.ok()
     if not good.all():
-        _dead_rows(batch, problems, row_message)
-    rows_kept = np.flatnonzero(good)
-    device_key = batch.keys[row_message[rows_kept]]
-    order, duplicates = _order(device_key, ts_ms[rows_kept])
-    return rows_kept[order], device_key[order], duplicates
+        _dead_rows(batch, rows.problems, rows.row_message)
+    chosen = np.flatnonzero(good)
+    return chosen, batch.keys[rows.row_message[chosen]]
 
 
 def _decode_heartbeat(
     batch: _Batch, documents: list[object], messages: list[int]
-) -> tuple[HeartbeatColumns, int]:
-    if not documents:
-        return HeartbeatColumns.empty(), 0
-    objects, row_message, problems, ts_ms, received_ms = _channel_rows(
-        batch, documents, messages, ("ts",)
-    )
-    battery = _optional_number(problems, objects, "battery", 0.0, 100.0)
-    rssi = _optional_number(problems, objects, "rssi", -200.0, 0.0)
-    chosen, device_key, duplicates = _finish(batch, problems, row_message, ts_ms)
+) -> HeartbeatColumns:
+    rows = _channel_rows(batch, documents, messages)
+    battery = _optional_number(rows.problems, rows.objects, "battery", 0.0, 100.0)
+    rssi = _optional_number(rows.problems, rows.objects, "rssi", -200.0, 0.0)
+    chosen, device_key = _finish(batch, rows)
     return HeartbeatColumns(
         device_key=device_key,
-        ts_ms=ts_ms[chosen],
-        received_ms=received_ms[chosen],
+        ts_ms=rows.ts_ms[chosen],
+        received_ms=rows.received_ms[chosen],
         battery_pct=battery[chosen].astype(np.float32),
         rssi_dbm=rssi[chosen].astype(np.float32),
         new=np.ones(chosen.shape[0], dtype=np.bool_),
-    ), duplicates
-
-
-def _decode_smoke(
-    batch: _Batch, documents: list[object], messages: list[int]
-) -> tuple[SmokeColumns, int]:
-    if not documents:
-        return SmokeColumns.empty(), 0
-    objects, row_message, problems, ts_ms, received_ms = _channel_rows(
-        batch, documents, messages, ("ts", "state")
     )
-    state = _text_codes(problems, objects, "state", _SMOKE_CODE)
-    obscuration = _optional_number(problems, objects, "obscuration", 0.0, 100.0)
-    battery = _optional_number(problems, objects, "battery", 0.0, 100.0)
-    chosen, device_key, duplicates = _finish(batch, problems, row_message, ts_ms)
+
+
+def _decode_smoke(batch: _Batch, documents: list[object], messages: list[int]) -> SmokeColumns:
+    rows = _channel_rows(batch, documents, messages, ("state", _SMOKE_CODE))
+    obscuration = _optional_number(rows.problems, rows.objects, "obscuration", 0.0, 100.0)
+    battery = _optional_number(rows.problems, rows.objects, "battery", 0.0, 100.0)
+    chosen, device_key = _finish(batch, rows)
     return SmokeColumns(
         device_key=device_key,
-        ts_ms=ts_ms[chosen],
-        received_ms=received_ms[chosen],
-        state=np.array(SMOKE_STATES, dtype="<U7")[state[chosen]],
+        ts_ms=rows.ts_ms[chosen],
+        received_ms=rows.received_ms[chosen],
+        state=np.array(SMOKE_STATES, dtype="<U7")[rows.text[chosen]],
         obscuration=obscuration[chosen].astype(np.float32),
         battery_pct=battery[chosen].astype(np.float32),
         new=np.ones(chosen.shape[0], dtype=np.bool_),
-    ), duplicates
-
-
-def _decode_button(
-    batch: _Batch, documents: list[object], messages: list[int]
-) -> tuple[ButtonColumns, int]:
-    if not documents:
-        return ButtonColumns.empty(), 0
-    objects, row_message, problems, ts_ms, received_ms = _channel_rows(
-        batch, documents, messages, ("ts", "event")
     )
-    event = _text_codes(problems, objects, "event", _BUTTON_CODE)
-    chosen, device_key, duplicates = _finish(batch, problems, row_message, ts_ms)
+
+
+def _decode_button(batch: _Batch, documents: list[object], messages: list[int]) -> ButtonColumns:
+    rows = _channel_rows(batch, documents, messages, ("event", _BUTTON_CODE))
+    chosen, device_key = _finish(batch, rows)
     return ButtonColumns(
         device_key=device_key,
-        ts_ms=ts_ms[chosen],
-        received_ms=received_ms[chosen],
-        event=np.array(BUTTON_EVENTS, dtype="<U7")[event[chosen]],
+        ts_ms=rows.ts_ms[chosen],
+        received_ms=rows.received_ms[chosen],
+        event=np.array(BUTTON_EVENTS, dtype="<U7")[rows.text[chosen]],
         new=np.ones(chosen.shape[0], dtype=np.bool_),
-    ), duplicates
+    )
+
+
+_DECODERS: Final[dict[str, Any]] = {
+    "gps": _decode_gps,
+    "heartbeat": _decode_heartbeat,
+    "smoke": _decode_smoke,
+    "button": _decode_button,
+}

@@ -1,0 +1,404 @@
+"""Ingest throughput, each figure next to a baseline measured in the same run.
+
+``single``: N one-fix GPS messages. ``ingest_msgs_per_s`` is anxiao's ingest
+draining them into TimescaleDB (first message received to last batch
+committed and acknowledged); ``broker_msgs_per_s`` is a minimal paho-mqtt
+subscriber (same client library, QoS 1, manual ack, same Receive Maximum)
+doing nothing but acknowledging the same stream from the same broker.
+
+``batch``: M messages of 50 fixes each. ``ingest_fixes_per_s`` as above;
+``copy_rows_per_s`` is a plain binary COPY of the same rows, pre-encoded,
+into the same indexed hypertable (``gps_fixes``, emptied before each run).
+
+Method: both consumers' persistent sessions are created first, then a
+separate publisher process publishes the stream once (QoS 1) and the broker
+queues it for both; each consumer then drains its queue alone, so neither
+competes with the publisher or with the other for the machine's 2 cores.
+Everything runs on loopback against the local stack (``make stack-up``); a
+throwaway database is created and dropped. The result is printed as one JSON
+object and written to ``bench/results/ingest.json``.
+
+    .venv/bin/python bench/ingest.py [--single 30000] [--batch 1200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import orjson
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core.migrate import migrate  # noqa: E402
+from core.settings import MqttUrl, Settings  # noqa: E402
+from ingest import IngestBatch, IngestConfig, Ingestor  # noqa: E402
+from ingest._pgcopy import CopyColumn, encode_copy  # noqa: E402
+
+FIXES_PER_BATCH = 50
+DEVICES = 200
+RECEIVE_MAXIMUM = 20000
+TOPIC = "anxiao/v1/dev/+/+"
+DRAIN_TIMEOUT_S = 300.0
+
+
+# ------------------------------------------------------------------ the stream
+
+
+def stream_rows(kind: str, count: int, base_ms: int) -> dict[str, np.ndarray]:
+    """The fixes of the stream as columns: message index, device index, ts and values."""
+    per_message = 1 if kind == "single" else FIXES_PER_BATCH
+    message = np.repeat(np.arange(count), per_message)
+    within = np.tile(np.arange(per_message), count)
+    device = message % DEVICES
+    ts_ms = base_ms + ((message // DEVICES) * per_message + within) * 1000
+    return {
+        "message": message,
+        "device": device,
+        "ts_ms": ts_ms,
+        "lat": 31.30 + (ts_ms % 100_000) * 1e-7,
+        "lon": 120.70 + device * 1e-4,
+        "speed": (ts_ms % 600) / 10.0,
+        "heading": (ts_ms % 3600) / 10.0,
+    }
+
+
+def payloads(kind: str, count: int, base_ms: int, prefix: str) -> list[tuple[str, bytes]]:
+    """The stream's (topic, payload) pairs, the same for every consumer."""
+    rows = stream_rows(kind, count, base_ms)
+    fixes = [
+        {"ts": t, "lat": la, "lon": lo, "speed": s, "heading": h}
+        for t, la, lo, s, h in zip(
+            rows["ts_ms"].tolist(),
+            rows["lat"].tolist(),
+            rows["lon"].tolist(),
+            rows["speed"].tolist(),
+            rows["heading"].tolist(),
+            strict=True,
+        )
+    ]
+    out = []
+    for m in range(count):
+        topic = f"anxiao/v1/dev/{prefix}{m % DEVICES}/gps"
+        if kind == "single":
+            body: dict[str, Any] = fixes[m]
+        else:
+            body = {
+                "fixes": fixes[m * FIXES_PER_BATCH : (m + 1) * FIXES_PER_BATCH],
+                "backfill": False,
+            }
+        out.append((topic, orjson.dumps(body)))
+    return out
+
+
+def publish_main(args: argparse.Namespace) -> int:
+    """The publisher process: publish the stream at QoS 1, return once all are acknowledged."""
+    url = MqttUrl(args.mqtt_url)
+    messages = payloads(args.publish, args.count, args.base_ms, args.prefix)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"{args.prefix}pub", protocol=mqtt.MQTTv5
+    )
+    client.username_pw_set(url.username, url.password)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(url.host, url.port)
+    client.loop_start()
+    info = None
+    for topic, payload in messages:
+        info = client.publish(topic, payload, qos=1)
+    if info is not None:
+        info.wait_for_publish(timeout=DRAIN_TIMEOUT_S)
+    client.disconnect()
+    client.loop_stop()
+    return 0
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def connect(url: MqttUrl, client_id: str, *, clean: bool, expiry_s: int) -> mqtt.Client:
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+    )
+    client.username_pw_set(url.username, url.password)
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = expiry_s
+    properties.ReceiveMaximum = RECEIVE_MAXIMUM
+    answered = threading.Event()
+    client.on_connect = lambda *_a: answered.set()
+    client.connect(url.host, url.port, clean_start=clean, properties=properties)
+    client.loop_start()
+    if not answered.wait(10):
+        raise RuntimeError("no CONNACK")
+    return client
+
+
+def make_session(url: MqttUrl, client_id: str) -> None:
+    """Create a persistent session subscribed to the device topics, then leave it."""
+    client = connect(url, client_id, clean=True, expiry_s=600)
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.subscribe(TOPIC, qos=1)
+    if not subscribed.wait(10):
+        raise RuntimeError("no SUBACK")
+    client.disconnect()
+    client.loop_stop()
+
+
+def drop_session(url: MqttUrl, client_id: str) -> None:
+    client = connect(url, client_id, clean=True, expiry_s=0)
+    client.disconnect()
+    client.loop_stop()
+
+
+def publish(settings: Settings, kind: str, count: int, base_ms: int, prefix: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--publish",
+            kind,
+            "--count",
+            str(count),
+            "--base-ms",
+            str(base_ms),
+            "--prefix",
+            prefix,
+            "--mqtt-url",
+            settings.mqtt_gateway_url,
+        ],
+        check=True,
+        timeout=DRAIN_TIMEOUT_S,
+    )
+    return time.perf_counter() - started
+
+
+def broker_baseline(url: MqttUrl, client_id: str, count: int, prefix: str) -> float:
+    """Messages per second a bare paho subscriber drains (ack each, nothing else)."""
+    topic_prefix = f"anxiao/v1/dev/{prefix}"
+    state = {"seen": 0, "first": 0.0, "last": 0.0}
+    done = threading.Event()
+
+    def on_message(client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        client.ack(message.mid, message.qos)
+        if not message.topic.startswith(topic_prefix):
+            return  # other traffic on the shared stack broker
+        if state["seen"] == 0:
+            state["first"] = time.perf_counter()
+        state["seen"] += 1
+        if state["seen"] == count:
+            state["last"] = time.perf_counter()
+            done.set()
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+    )
+    client.username_pw_set(url.username, url.password)
+    client.on_message = on_message
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = 600
+    properties.ReceiveMaximum = RECEIVE_MAXIMUM
+    client.connect(url.host, url.port, clean_start=False, properties=properties)
+    client.loop_start()
+    finished = done.wait(DRAIN_TIMEOUT_S)
+    client.disconnect()
+    client.loop_stop()
+    if not finished:
+        raise RuntimeError(f"baseline subscriber got {state['seen']} of {count}")
+    return count / (state["last"] - state["first"])
+
+
+async def ingest_drain(config: IngestConfig, rows: int) -> float:
+    """Rows per second ingest stores: first receive to last commit + ack."""
+    state = {"rows": 0, "first_ms": None, "last": 0.0}
+    done = asyncio.Event()
+
+    async def hook(batch: IngestBatch) -> None:
+        if len(batch.gps) and state["first_ms"] is None:
+            state["first_ms"] = int(batch.gps.received_ms.min())
+        state["rows"] += int(batch.gps.new.sum())
+        if state["rows"] >= rows:
+            state["last"] = time.time()
+            done.set()
+
+    ingestor = Ingestor(config, hook=hook)
+    task = asyncio.create_task(ingestor.run())
+    try:
+        await asyncio.wait_for(done.wait(), DRAIN_TIMEOUT_S)
+    finally:
+        ingestor.stop()
+        await task
+    assert state["first_ms"] is not None
+    return rows / (state["last"] - state["first_ms"] / 1000)
+
+
+def copy_baseline(database_url: str, keys: np.ndarray, rows: dict[str, np.ndarray]) -> float:
+    """Rows per second of a plain binary COPY of the same rows into gps_fixes."""
+    count = rows["ts_ms"].shape[0]
+    received_ms = np.full(count, int(time.time() * 1000), dtype=np.int64)
+    empty = np.isnan(np.full(count, np.nan))
+    columns = [
+        CopyColumn("device_key", "int4", keys[rows["device"]].astype(np.int32)),
+        CopyColumn("ts", "timestamptz", rows["ts_ms"]),
+        CopyColumn("received_at", "timestamptz", received_ms),
+        CopyColumn("lat", "float8", rows["lat"]),
+        CopyColumn("lon", "float8", rows["lon"]),
+        CopyColumn("speed_kmh", "float4", rows["speed"].astype(np.float32)),
+        CopyColumn("heading_deg", "float4", rows["heading"].astype(np.float32)),
+        CopyColumn("alt_m", "float4", np.zeros(count, np.float32), empty),
+        CopyColumn("sats", "int2", np.zeros(count, np.int16), empty),
+        CopyColumn("hdop", "float4", np.zeros(count, np.float32), empty),
+        CopyColumn("seq", "int8", np.zeros(count, np.int64), empty),
+        CopyColumn("alarm", "int8", np.zeros(count, np.int64), empty),
+        CopyColumn("status", "int8", np.zeros(count, np.int64), empty),
+        CopyColumn("backfill", "bool", np.zeros(count, np.bool_)),
+    ]
+    names = [c.name for c in columns]
+    chunk = 50_000
+    streams = []
+    for start in range(0, count, chunk):
+        part = slice(start, min(start + chunk, count))
+        picked = [
+            CopyColumn(c.name, c.pgtype, c.values[part], None if c.null is None else c.null[part])
+            for c in columns
+        ]
+        streams.append(encode_copy(picked, part.stop - part.start))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        started = time.perf_counter()
+        for stream in streams:
+            with conn.transaction(), conn.cursor() as cursor:
+                statement = f"COPY gps_fixes ({', '.join(names)}) FROM STDIN (FORMAT binary)"
+                with cursor.copy(statement) as copy:
+                    copy.write(stream)
+        elapsed = time.perf_counter() - started
+        conn.execute("TRUNCATE gps_fixes")
+    return count / elapsed
+
+
+# ----------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    settings = Settings()
+    url = settings.mqtt
+    tag = secrets.token_hex(3)
+    prefix = f"BENCH-{tag}-"
+    admin = settings.database_url
+    name = f"anxiao_bench_{os.getpid()}_{tag}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    database_url = urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
+    sessions = [f"{prefix}base", f"{prefix}ingest"]
+    try:
+        migrate(database_url=database_url)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO devices (id, kind) SELECT %s || g, 'gps' FROM generate_series(0, %s) g",
+                (prefix, DEVICES - 1),
+            )
+            keys = np.array(
+                [
+                    key
+                    for (key,) in conn.execute(
+                        "SELECT key FROM devices WHERE id LIKE %s"
+                        " ORDER BY substr(id, length(%s) + 1)::int",
+                        (prefix + "%", prefix),
+                    )
+                ]
+            )
+        config = IngestConfig.from_settings(
+            settings,
+            database_url=database_url,
+            client_id=sessions[1],
+            session_expiry_s=600,
+            receive_maximum=RECEIVE_MAXIMUM,
+        )
+        result: dict[str, Any] = {}
+        for kind, count in (("single", args.single), ("batch", args.batch)):
+            base_ms = int(time.time() * 1000) - 86_400_000
+            # The batch baseline is a COPY, not a subscriber: only ingest's session then.
+            for client_id in sessions if kind == "single" else sessions[1:]:
+                make_session(url, client_id)
+            publish_s = publish(settings, kind, count, base_ms, prefix)
+            rows = count * (1 if kind == "single" else FIXES_PER_BATCH)
+            if kind == "single":
+                baseline = broker_baseline(url, sessions[0], count, prefix)
+            else:
+                baseline = copy_baseline(database_url, keys, stream_rows(kind, count, base_ms))
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute("TRUNCATE gps_fixes")
+            rate = asyncio.run(ingest_drain(config, rows))
+            if kind == "single":
+                result["single"] = {
+                    "ingest_msgs_per_s": round(rate),
+                    "broker_msgs_per_s": round(baseline),
+                    "ratio": round(rate / baseline, 3),
+                    "messages": count,
+                    "publish_s": round(publish_s, 2),
+                }
+            else:
+                result["batch"] = {
+                    "ingest_fixes_per_s": round(rate),
+                    "copy_rows_per_s": round(baseline),
+                    "ratio": round(rate / baseline, 3),
+                    "messages": count,
+                    "fixes_per_message": FIXES_PER_BATCH,
+                    "publish_s": round(publish_s, 2),
+                }
+        result["setup"] = {
+            "method": "backlog drain: sessions first, one publisher process, each consumer alone",
+            "devices": DEVICES,
+            "receive_maximum": RECEIVE_MAXIMUM,
+            "batch_max_messages": config.batch_max_messages,
+            "batch_max_age_ms": config.batch_max_age_ms,
+            "cpus": os.cpu_count(),
+        }
+        return result
+    finally:
+        for client_id in sessions:
+            drop_session(url, client_id)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--single", type=int, default=30_000, help="one-fix messages")
+    parser.add_argument("--batch", type=int, default=1_200, help="messages of 50 fixes")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
+    parser.add_argument("--publish", choices=["single", "batch"], help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--base-ms", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--mqtt-url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.publish:
+        return publish_main(args)
+    result = run(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
