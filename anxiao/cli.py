@@ -90,6 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rotate", action="store_true", help="issue a new password, revoking the old")
     p.set_defaults(handler=_device_secret)
 
+    p = sub.add_parser("serve", help="ingest + rules + API in the foreground")
+    p.add_argument(
+        "--clock",
+        choices=["live", "event"],
+        default="live",
+        help="live: wall time drives time-based rules; event: the newest event time (replays)",
+    )
+    p.set_defaults(handler=_serve)
+
     p = sub.add_parser("status", help="schema version, TimescaleDB edition, reachability")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_status)
@@ -146,6 +155,12 @@ def _device_secret(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(secret)
     return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from anxiao.serve import main as serve_main
+
+    return serve_main(settings=settings, clock=args.clock)
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:

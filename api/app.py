@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api.errors import install_error_handlers
 from api.routes import alerts, devices, filings, fleet, live, stream
@@ -45,6 +46,20 @@ def create_app(*, database_url: str, pool_max_size: int = 10) -> FastAPI:
     async def healthz() -> dict[str, str]:
         """200 while the service is up."""
         return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """200 once every part reports ready (``serve``: ingest subscribed), else 503."""
+        check = getattr(app.state, "readiness", None)
+        parts: dict[str, bool] = check() if check is not None else {}
+        ready = all(parts.values())
+        return JSONResponse({"ready": ready, "parts": parts}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    async def metrics() -> str:
+        """Prometheus text format; ``serve`` installs the ingest metrics."""
+        render = getattr(app.state, "metrics", None)
+        return render() if render is not None else ""
 
     v1 = APIRouter(prefix="/api/v1")
     for module in (alerts, devices, filings, fleet, live, stream):

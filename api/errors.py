@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -56,6 +57,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _store_error(_r: Request, exc: StoreError) -> JSONResponse:
         body = error_body("unavailable", "数据库不可用 database unavailable")
         return JSONResponse(body, status_code=503)
+
+    @app.exception_handler(asyncpg.exceptions.PostgresConnectionError)
+    @app.exception_handler(asyncpg.exceptions.InterfaceError)
+    @app.exception_handler(ConnectionError)
+    async def _database_gone(_r: Request, exc: Exception) -> JSONResponse:
+        # The pool drops the broken connection; the next request gets a new one.
+        body = error_body("unavailable", "数据库暂不可用，请重试 database unavailable, retry")
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_r: Request, exc: RequestValidationError) -> JSONResponse:

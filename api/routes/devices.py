@@ -11,13 +11,11 @@ from pydantic import BaseModel
 from api.deps import PoolDep, PrincipalDep
 from api.errors import ApiError
 from api.pagination import decode_cursor, encode_cursor
+from core.registry import DEFAULT_OFFLINE_AFTER_S
 
-__all__ = ["DEFAULT_OFFLINE_AFTER_S", "router"]
+__all__ = ["router"]
 
 router = APIRouter(tags=["devices"])
-
-#: Contract §3 defaults, per device kind.
-DEFAULT_OFFLINE_AFTER_S = {"gps": 300, "button": 300, "smoke": 900}
 
 
 class DevicePublic(BaseModel):

@@ -1,0 +1,181 @@
+"""``anxiao serve``: ingest, the rules and the API in one process, supervised.
+
+Wiring only: each long-lived loop is a named task in one ``asyncio.TaskGroup``
+(conventions #7); SIGTERM/SIGINT stop ingest first (it writes and acknowledges
+what it holds), then the API. The rules hook receives every committed batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from api import create_app
+from api.stream import EventHub
+from core.db import create_pool
+from core.registry import Registry, load_registry
+from core.retention import enforce_retention
+from core.settings import Settings
+from ingest import IngestBatch, IngestConfig, Ingestor, render_metrics
+
+__all__ = ["Service", "main"]
+
+log = logging.getLogger("anxiao.serve")
+
+Clock = Literal["live", "event"]
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+class Service:
+    """The running service: ingest → hook → (positions, rules) and the API."""
+
+    def __init__(self, settings: Settings, *, clock: Clock = "live") -> None:
+        self.settings = settings
+        self.clock = clock
+        self.app: FastAPI = create_app(database_url=settings.database_url)
+        self.hub: EventHub = self.app.state.hub
+        self.ingestor = Ingestor(IngestConfig.from_settings(settings), hook=self.on_batch)
+        self.app.state.metrics = lambda: render_metrics(self.ingestor.metrics)
+        self.app.state.readiness = lambda: {
+            "ingest": self.ingestor.ready.is_set(),
+            "registry": self._registry_loaded,
+        }
+        self._registry_loaded = False
+        self.registry = Registry(timezone=settings.timezone)
+        self.rules: list[Callable[[IngestBatch, Registry], Awaitable[None]]] = []
+        self._server = _QuietServer(
+            uvicorn.Config(
+                self.app,
+                host=settings.http_host,
+                port=settings.http_port,
+                log_level="warning",
+                lifespan="on",
+            )
+        )
+
+    async def on_batch(self, batch: IngestBatch) -> None:
+        """The rules hook: publish positions, then run the rules."""
+        self.publish_positions(batch)
+        for rule in self.rules:
+            await rule(batch, self.registry)
+
+    def publish_positions(self, batch: IngestBatch) -> None:
+        """Each bus's newest fix in the batch goes to the live stream."""
+        gps = batch.gps
+        if len(gps) == 0:
+            return
+        # The newest row per device: sort by (device, ts) and keep each run's last.
+        order = np.lexsort((gps.ts_ms, gps.device_key))
+        keys = gps.device_key[order]
+        last = order[np.r_[keys[1:] != keys[:-1], True]]
+        for row in last.tolist():
+            device = self.registry.devices.get(int(gps.device_key[row]))
+            if device is None or device.bus_id is None:
+                continue
+            speed = float(gps.speed_kmh[row])
+            self.hub.publish_position(
+                {
+                    "bus_id": device.bus_id,
+                    "device_id": device.id,
+                    "school_id": device.school_id,
+                    "operator_id": device.operator_id,
+                    "ts_ms": int(gps.ts_ms[row]),
+                    "lon": float(gps.lon[row]),
+                    "lat": float(gps.lat[row]),
+                    "speed_kmh": None if np.isnan(speed) else round(speed, 1),
+                }
+            )
+
+    async def reload_registry(self) -> None:
+        """Load the fleet registry again (at start and after each fleet import)."""
+        pool = await create_pool(database_url=self.settings.database_url, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                self.registry = await load_registry(conn, default_timezone=self.settings.timezone)
+            self._registry_loaded = True
+        finally:
+            await pool.close()
+        log.info(
+            "registry: %d devices, %d buses", len(self.registry.devices), len(self.registry.buses)
+        )
+
+    async def _watch_fleet(self) -> None:
+        import asyncpg
+
+        changed = asyncio.Event()
+        conn = await asyncpg.connect(self.settings.database_url)
+        try:
+            await conn.add_listener("anxiao_fleet", lambda *_a: changed.set())
+            while True:
+                await changed.wait()
+                changed.clear()
+                await self.reload_registry()
+        finally:
+            await conn.close()
+
+    async def _retention(self) -> None:
+        while True:
+            try:
+                dropped = await run_in_threadpool(
+                    enforce_retention,
+                    database_url=self.settings.database_url,
+                    horizon_days=self.settings.retention_days,
+                )
+                if dropped:
+                    log.info("retention: dropped %d chunks", len(dropped))
+            except Exception:
+                log.exception("retention round failed")
+            await asyncio.sleep(self.settings.retention_interval_s)
+
+    def stop(self) -> None:
+        """Stop ingest (it finishes what it holds), then the API."""
+        log.info("stopping")
+        self.ingestor.stop()
+        self._server.should_exit = True
+
+    async def run(self) -> None:
+        """Run everything until stopped."""
+        await self.reload_registry()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+        async with asyncio.TaskGroup() as tasks:
+            background = [
+                tasks.create_task(self._watch_fleet(), name="fleet-watch"),
+                tasks.create_task(self._retention(), name="retention"),
+            ]
+            api = tasks.create_task(self._server.serve(), name="api")
+            ingest = tasks.create_task(self.ingestor.run(), name="ingest")
+            log.info(
+                "serving on http://%s:%d (clock %s)",
+                self.settings.http_host,
+                self.settings.http_port,
+                self.clock,
+            )
+            await ingest
+            self._server.should_exit = True
+            await api
+            for task in background:
+                task.cancel()
+
+
+def main(*, settings: Settings, clock: Clock) -> int:
+    """Run the service in the foreground; return the exit status."""
+    asyncio.run(Service(settings, clock=clock).run())
+    return 0
