@@ -52,6 +52,7 @@ from ingest.columns import (
 __all__ = [
     "CHANNELS",
     "REASONS",
+    "BatchDecoder",
     "DeadLetters",
     "Decoded",
     "Limits",
@@ -188,94 +189,150 @@ def decode_messages(
     limits: Limits,
 ) -> Decoded:
     """Decode and validate one batch of messages (see the module docstring)."""
-    count = len(topics)
-    batch = _Batch(
-        topics=topics,
-        payloads=payloads,
-        received=received_ms.tolist(),
-        received_ms=received_ms,
-        keys=np.zeros(count, dtype=np.int32),
-        device_ids=[""] * count,
-        dead=DeadLetters(),
-        limits=limits,
-    )
-    dead, received, keys, device_ids = batch.dead, batch.received, batch.keys, batch.device_ids
-    buckets = {c: _Bucket() for c in CHANNELS}
-    parts: dict[str, list[Any]] = {c: [] for c in CHANNELS}
-    unknown: set[str] = set()
-    loads = orjson.loads
-    max_bytes = limits.max_payload_bytes
-    prefix_length = len(TOPIC_PREFIX)
-    for m in range(count):
-        topic = topics[m]
-        payload = payloads[m]
-        if len(payload) > max_bytes:
-            dead.add(
-                received[m],
-                topic,
-                payload,
-                "too_large",
-                f"{len(payload)} bytes > {max_bytes}",
-                _device_of(topic),
-            )
-            continue
-        device, _, channel = topic[prefix_length:].partition("/")
-        key = directory.get(device)
-        if key is None or channel not in _CHANNEL_SET or not topic.startswith(TOPIC_PREFIX):
-            if (
-                not topic.startswith(TOPIC_PREFIX)
-                or channel not in _CHANNEL_SET
-                or _DEVICE_ID.fullmatch(device) is None
-            ):
-                dead.add(received[m], topic, payload, "bad_topic", _topic_problem(topic), None)
-            else:
-                unknown.add(device)
-                dead.add(received[m], topic, payload, "unknown_device", "no such device", device)
-            continue
-        try:
-            document = loads(payload)
-        except orjson.JSONDecodeError as exc:
-            dead.add(received[m], topic, payload, "bad_json", _clip(str(exc)), device)
-            continue
-        if type(document) is not dict:
-            dead.add(
-                received[m], topic, payload, "bad_json", "payload is not a JSON object", device
-            )
-            continue
-        keys[m] = key
-        device_ids[m] = device
-        bucket = buckets[channel]
-        bucket.objects.append(document)
-        bucket.messages.append(m)
-        listed = document.get("fixes") if channel == "gps" else None
-        bucket.rows += len(listed) if type(listed) is list else 1
-        if bucket.rows >= _CHUNK_ROWS:
-            # Columns are cut from the objects while they are still in the CPU
-            # cache: about twice as fast as one pass over the whole batch.
-            parts[channel].append(_DECODERS[channel](batch, bucket.objects, bucket.messages))
-            buckets[channel] = _Bucket()
-    for channel, bucket in buckets.items():
+    decoder = BatchDecoder(topics, payloads, received_ms, directory=directory, limits=limits)
+    while not decoder.done:
+        decoder.step()
+    return decoder.result()
+
+
+class BatchDecoder:
+    """:func:`decode_messages` in steps of a few milliseconds each.
+
+    The service runs it on the event loop and yields between steps, so that
+    database round trips of the batch being written meanwhile are not held up
+    for a whole batch's decoding.
+    """
+
+    def __init__(
+        self,
+        topics: Sequence[str],
+        payloads: Sequence[bytes],
+        received_ms: NDArray[np.int64],
+        *,
+        directory: Mapping[str, int],
+        limits: Limits,
+    ) -> None:
+        count = len(topics)
+        self._batch = _Batch(
+            topics=topics,
+            payloads=payloads,
+            received=received_ms.tolist(),
+            received_ms=received_ms,
+            keys=np.zeros(count, dtype=np.int32),
+            device_ids=[""] * count,
+            dead=DeadLetters(),
+            limits=limits,
+        )
+        self._directory = directory
+        self._count = count
+        self._next = 0
+        self._buckets = {c: _Bucket() for c in CHANNELS}
+        self._parts: dict[str, list[Any]] = {c: [] for c in CHANNELS}
+        self._unknown: set[str] = set()
+
+    @property
+    def done(self) -> bool:
+        """Whether every message has been looked at (then call :meth:`result`)."""
+        return self._next >= self._count
+
+    def step(self, max_messages: int = _CHUNK_ROWS) -> None:
+        """Decode messages until a chunk of columns is cut or ``max_messages`` are done."""
+        batch = self._batch
+        dead, received, keys, device_ids = batch.dead, batch.received, batch.keys, batch.device_ids
+        topics, payloads = batch.topics, batch.payloads
+        directory, buckets, unknown = self._directory, self._buckets, self._unknown
+        loads = orjson.loads
+        max_bytes = batch.limits.max_payload_bytes
+        prefix_length = len(TOPIC_PREFIX)
+        stop = min(self._count, self._next + max_messages)
+        m = self._next
+        while m < stop:
+            topic = topics[m]
+            payload = payloads[m]
+            m += 1
+            received_at = received[m - 1]
+            if len(payload) > max_bytes:
+                dead.add(
+                    received_at,
+                    topic,
+                    payload,
+                    "too_large",
+                    f"{len(payload)} bytes > {max_bytes}",
+                    _device_of(topic),
+                )
+                continue
+            device, _, channel = topic[prefix_length:].partition("/")
+            key = directory.get(device)
+            if key is None or channel not in _CHANNEL_SET or not topic.startswith(TOPIC_PREFIX):
+                if (
+                    not topic.startswith(TOPIC_PREFIX)
+                    or channel not in _CHANNEL_SET
+                    or _DEVICE_ID.fullmatch(device) is None
+                ):
+                    dead.add(received_at, topic, payload, "bad_topic", _topic_problem(topic), None)
+                else:
+                    unknown.add(device)
+                    dead.add(
+                        received_at, topic, payload, "unknown_device", "no such device", device
+                    )
+                continue
+            try:
+                document = loads(payload)
+            except orjson.JSONDecodeError as exc:
+                dead.add(received_at, topic, payload, "bad_json", _clip(str(exc)), device)
+                continue
+            if type(document) is not dict:
+                dead.add(
+                    received_at, topic, payload, "bad_json", "payload is not a JSON object", device
+                )
+                continue
+            keys[m - 1] = key
+            device_ids[m - 1] = device
+            bucket = buckets[channel]
+            bucket.objects.append(document)
+            bucket.messages.append(m - 1)
+            listed = document.get("fixes") if channel == "gps" else None
+            bucket.rows += len(listed) if type(listed) is list else 1
+            if bucket.rows >= _CHUNK_ROWS:
+                # Columns are cut from the objects while they are still in the CPU
+                # cache: about twice as fast as one pass over the whole batch.
+                self._cut(channel)
+                break
+        self._next = m
+
+    def _cut(self, channel: str) -> None:
+        bucket = self._buckets[channel]
         if bucket.objects:
-            parts[channel].append(_DECODERS[channel](batch, bucket.objects, bucket.messages))
-    gps, gps_dups = _merge(GpsColumns, parts["gps"])
-    heartbeat, heartbeat_dups = _merge(HeartbeatColumns, parts["heartbeat"])
-    smoke, smoke_dups = _merge(SmokeColumns, parts["smoke"])
-    button, button_dups = _merge(ButtonColumns, parts["button"])
-    return Decoded(
-        gps=gps,
-        heartbeat=heartbeat,
-        smoke=smoke,
-        button=button,
-        dead=dead,
-        messages=count,
-        batch_duplicates={
-            "gps": gps_dups,
-            "heartbeat": heartbeat_dups,
-            "smoke": smoke_dups,
-            "button": button_dups,
-        },
-        unknown_ids=frozenset(unknown),
-    )
+            part = _DECODERS[channel](self._batch, bucket.objects, bucket.messages)
+            self._parts[channel].append(part)
+            self._buckets[channel] = _Bucket()
+
+    def result(self) -> Decoded:
+        """The decoded batch (decodes whatever :meth:`step` has not reached yet)."""
+        while not self.done:
+            self.step()
+        for channel in CHANNELS:
+            self._cut(channel)
+        parts = self._parts
+        gps, gps_dups = _merge(GpsColumns, parts["gps"])
+        heartbeat, heartbeat_dups = _merge(HeartbeatColumns, parts["heartbeat"])
+        smoke, smoke_dups = _merge(SmokeColumns, parts["smoke"])
+        button, button_dups = _merge(ButtonColumns, parts["button"])
+        return Decoded(
+            gps=gps,
+            heartbeat=heartbeat,
+            smoke=smoke,
+            button=button,
+            dead=self._batch.dead,
+            messages=self._count,
+            batch_duplicates={
+                "gps": gps_dups,
+                "heartbeat": heartbeat_dups,
+                "smoke": smoke_dups,
+                "button": button_dups,
+            },
+            unknown_ids=frozenset(self._unknown),
+        )
 
 
 _C = TypeVar("_C", GpsColumns, HeartbeatColumns, SmokeColumns, ButtonColumns)

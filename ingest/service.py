@@ -41,7 +41,7 @@ import numpy as np
 
 from core.settings import MqttUrl, Settings
 from ingest.columns import IngestBatch, RulesHook, no_rules
-from ingest.decode import CHANNELS, Decoded, Limits, decode_messages
+from ingest.decode import CHANNELS, BatchDecoder, Decoded, Limits
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import Backoff, Inbox, MqttReceiver
 from ingest.store import Store, Written
@@ -209,13 +209,17 @@ class Ingestor:
     async def _decode_loop(self) -> None:
         max_age_s = self.config.batch_max_age_ms / 1000
         while (inbox := await self._receiver.next_inbox(max_age_s)) is not None:
-            decoded = self._decode(inbox)
-            await self._decoded.put((inbox, decoded))
+            decoder = self._decoder(inbox)
+            while not decoder.done:
+                decoder.step()
+                # Let the batch being written meanwhile have its round trips.
+                await asyncio.sleep(0)
+            await self._decoded.put((inbox, decoder.result()))
         await self._decoded.put(None)
 
-    def _decode(self, inbox: Inbox) -> Decoded:
+    def _decoder(self, inbox: Inbox) -> BatchDecoder:
         received_ms = (np.array(inbox.received_s, dtype=np.float64) * 1000).astype(np.int64)
-        return decode_messages(
+        return BatchDecoder(
             inbox.topics,
             inbox.payloads,
             received_ms,
@@ -244,7 +248,8 @@ class Ingestor:
                 if self._store.directory_due(decoded.unknown_ids):
                     changed = await self._store.refresh_directory()
                     if changed and decoded.unknown_ids & self._store.directory.keys():
-                        decoded = self._decode(inbox)  # a device registered since it arrived
+                        # A device was registered since the batch arrived.
+                        decoded = self._decoder(inbox).result()
                 started = time.perf_counter()
                 written = await self._store.write(decoded)
                 self.metrics.commit_seconds.observe(time.perf_counter() - started)
