@@ -52,11 +52,11 @@ class Service:
         self.hub: EventHub = self.app.state.hub
         self.ingestor = Ingestor(IngestConfig.from_settings(settings), hook=self.on_batch)
         self.app.state.metrics = lambda: render_metrics(self.ingestor.metrics)
+        self._registry_loaded = False
         self.app.state.readiness = lambda: {
             "ingest": self.ingestor.ready.is_set(),
             "registry": self._registry_loaded,
         }
-        self._registry_loaded = False
         self.registry = Registry(timezone=settings.timezone)
         self.rules: list[Callable[[IngestBatch, Registry], Awaitable[None]]] = []
         self._server = _QuietServer(
