@@ -108,7 +108,8 @@ def drive(
     r = (s[-1] - s)[::-1]
     w = (np.minimum.accumulate(w[::-1] - kb * r) + kb * r)[::-1]
     v = np.sqrt(np.maximum(w, 0.0))
-    mean_v = np.maximum((v[:-1] + v[1:]) / 2, 0.05)
+    # Creep at 1 m/s at least: two stops next to each other must not take minutes.
+    mean_v = np.maximum((v[:-1] + v[1:]) / 2, 1.0)
     dt = ds / mean_v
     arrive = np.concatenate([[0.0], np.cumsum(dt)])
     dwell = np.asarray(dwell_s, dtype=np.float64)

@@ -660,6 +660,8 @@ class Planner:
         n_out = len(out.x)
         nodes_out = node_idx[node_idx < n_out - 1]
         nodes = np.sort(np.concatenate([nodes_out, len(path.x) - 1 - nodes_out]))
+        # No traffic light right at the turning point (the stop there is the U-turn).
+        nodes = nodes[np.abs(path.s_m[nodes] - path.s_m[n_out - 1]) > 30.0]
         return Leg(
             bus=plan.bus,
             kind="trip",
