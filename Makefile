@@ -12,7 +12,7 @@ PACKAGES := anxiao core ingest geofence alerts api simulators
 # Only the packages that exist in this checkout (a package lands with its __init__.py).
 PRESENT := $(patsubst %/__init__.py,%,$(foreach p,$(PACKAGES),$(wildcard $(p)/__init__.py)))
 
-.PHONY: help venv stack-up stack-down stack-reset migrate run test check format bench clean
+.PHONY: help venv stack-up stack-down stack-reset migrate web run test check format bench clean
 
 help:
 	@echo "make run          whole service on the local stack (stack, schema, status)"
@@ -41,10 +41,13 @@ stack-reset:
 migrate: venv stack-up
 	@$(BIN)/anxiao migrate
 
-run: migrate
+web:
+	@bash scripts/web.sh
+
+run: migrate web
 	@$(BIN)/anxiao status
 
-test: venv stack-up
+test: venv stack-up web
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 check: venv

@@ -9,7 +9,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api.errors import install_error_handlers
-from api.routes import alerts, devices, filings, fleet, live, stream
+from api.routes import alerts, dashboard, devices, filings, fleet, live, stream, tracks
 from api.stream import EventHub
 from core.db import create_pool
 
@@ -62,7 +62,10 @@ def create_app(*, database_url: str, pool_max_size: int = 10) -> FastAPI:
         return render() if render is not None else ""
 
     v1 = APIRouter(prefix="/api/v1")
-    for module in (alerts, devices, filings, fleet, live, stream):
+    for module in (alerts, devices, filings, fleet, live, stream, tracks):
         v1.include_router(module.router)
+    v1.include_router(dashboard.api_router)
     app.include_router(v1)
+    app.include_router(dashboard.router)
+    app.mount("/static", dashboard.static_files(), name="static")
     return app

@@ -81,6 +81,7 @@ class EventHub:
         self.position_interval_s = position_interval_s
         self._subscribers: set[Subscriber] = set()
         self._last_position_s: dict[str, float] = {}
+        self._held_positions: dict[str, dict[str, Any]] = {}
         self._listener: asyncpg.Connection[Any] | None = None
         self._pending: asyncio.Queue[int] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -134,11 +135,32 @@ class EventHub:
                     subscriber.queue.put_nowait(None)
 
     def publish_position(self, position: dict[str, Any]) -> None:
-        """Send a bus position, at most once per ``position_interval_s`` per bus."""
+        """Send a bus position, at most once per ``position_interval_s`` per bus.
+
+        A position inside the interval is held, the newest replacing older
+        ones, and sent when the interval ends: the last fix of a burst (a bus
+        that stops reporting) is late by at most the interval, never lost.
+        """
         now_s = time.monotonic()
         bus = str(position.get("bus_id"))
-        if now_s - self._last_position_s.get(bus, -1e9) < self.position_interval_s:
+        wait_s = self._last_position_s.get(bus, -1e9) + self.position_interval_s - now_s
+        if wait_s <= 0:
+            self._send_position(bus, position, now_s)
             return
+        if bus not in self._held_positions:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop to send it later from: drop it, as before
+                return
+            loop.call_later(wait_s, self._send_held_position, bus)
+        self._held_positions[bus] = position
+
+    def _send_held_position(self, bus: str) -> None:
+        position = self._held_positions.pop(bus, None)
+        if position is not None:
+            self._send_position(bus, position, time.monotonic())
+
+    def _send_position(self, bus: str, position: dict[str, Any], now_s: float) -> None:
         self._last_position_s[bus] = now_s
         message = format_sse("position", position)
         for subscriber in list(self._subscribers):
