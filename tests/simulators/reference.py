@@ -8,6 +8,7 @@ Distances use its own spherical local projection (not the simulator's).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -87,7 +88,7 @@ def episodes(
     ts: list[int], meets: list[bool], open_s: float, close_s: float
 ) -> list[tuple[int, int | None, int, int]]:
     """Contract timing, written out plainly: (start, end, first index, last index)."""
-    found = []
+    found: list[tuple[int, int | None, int, int]] = []
     state = "idle"
     first = last = clear_from = -1
     for i, (t, m) in enumerate(zip(ts, meets, strict=True)):
@@ -206,7 +207,7 @@ class Reference:
         ts = sorted({r.ts_ms for r in rs})
         return [
             Found(device["id"], "device_offline", a + threshold_ms, b)
-            for a, b in zip(ts, ts[1:], strict=False)
+            for a, b in itertools.pairwise(ts)
             if b - a > threshold_ms
         ]
 

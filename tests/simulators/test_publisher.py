@@ -20,7 +20,7 @@ from tests.support import connect_mqtt
 
 def _publisher(settings: Settings, **kw) -> MqttPublisher:
     url = settings.mqtt_gateway
-    client = MqttPublisher(
+    return MqttPublisher(
         host=url.host,
         port=url.port,
         username=url.username,
@@ -28,7 +28,6 @@ def _publisher(settings: Settings, **kw) -> MqttPublisher:
         client_id=f"test-sim-{os.getpid()}-{secrets.token_hex(3)}",
         **kw,
     )
-    return client
 
 
 class _Count:
@@ -61,7 +60,7 @@ class _Count:
 def test_every_message_is_acknowledged_and_delivered_in_order(broker):
     device = f"tpub{secrets.token_hex(3)}"
     count = _Count(broker, device)
-    n = 30_000
+    n = 10_000
     messages = [
         Message(1_000 + i, f"anxiao/v1/dev/{device}/heartbeat", b'{"ts":%d}' % (1_000 + i))
         for i in range(n)
@@ -101,7 +100,7 @@ def test_real_time_pacing(broker):
 
 def test_wrong_password_is_a_broker_error(broker):
     client = _publisher(broker, password="not-the-password")
-    with pytest.raises(BrokerError, match="bad user name or password|not authorised"):
+    with pytest.raises(BrokerError, match=r"bad user name or password|not authorised"):
         client.connect()
 
 
