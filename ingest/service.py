@@ -245,11 +245,10 @@ class Ingestor:
                     self.metrics.database_connected = True
                     self.metrics.reconnects["database"] += 1
                     log.info("database connection re-established")
-                if self._store.directory_due(decoded.unknown_ids):
-                    changed = await self._store.refresh_directory()
-                    if changed and decoded.unknown_ids & self._store.directory.keys():
-                        # A device was registered since the batch arrived.
-                        decoded = self._decoder(inbox).result()
+                due = self._store.directory_due(decoded.unknown_ids)
+                if due and await self._store.refresh_directory():
+                    # Devices were registered or retired since the batch was decoded.
+                    decoded = self._decoder(inbox).result()
                 started = time.perf_counter()
                 written = await self._store.write(decoded)
                 self.metrics.commit_seconds.observe(time.perf_counter() - started)

@@ -137,12 +137,15 @@ def connect(
     expiry_s: int = 0,
     username: str | None = None,
     password: str | None = None,
+    inflight: int = 20,
 ) -> mqtt.Client:
     """A connected MQTT v5 client with its network loop running."""
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
     )
     client.username_pw_set(username or url.username, password or url.password)
+    client.max_inflight_messages_set(inflight)  # only before connecting (paho 2.2)
+    client.max_queued_messages_set(0)
     properties = Properties(PacketTypes.CONNECT)
     properties.SessionExpiryInterval = expiry_s
     properties.ReceiveMaximum = 65535
@@ -207,9 +210,7 @@ def publish_all(
             raise AssertionError(f"published only {start} of {len(messages)} messages")
         try:
             if client is None:
-                client = connect(gateway_url(url), client_id, clean=True)
-                client.max_inflight_messages_set(window)
-                client.max_queued_messages_set(0)
+                client = connect(gateway_url(url), client_id, clean=True, inflight=window)
             infos = [client.publish(t, p, qos=1) for t, p in messages[start : start + window]]
             for info in infos:
                 info.wait_for_publish(timeout=10)
