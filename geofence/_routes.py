@@ -41,6 +41,8 @@ _BUILD_CHUNK_PAIRS: Final = 1_000_000
 _MAX_CELLS: Final = 1 << 22
 #: Fixes or candidate runs handled per pass in queries, to stay within the CPU cache.
 _QUERY_CHUNK: Final = 8192
+#: Pruning keeps this much more than the bounds ask for, against rounding (metres).
+_SLACK_M: Final = 1e-6
 #: Runs of candidate segments separated by at most this many other segments are merged.
 _RUN_GAP: Final = 2
 
@@ -178,8 +180,9 @@ class PreparedRoutes:
         d = coords[seg_vertex + 1] - a
         seg_route = owner[seg_vertex]
         len2 = np.einsum("ij,ij->i", d, d)
-        # Zero-length segments get 1/|d|² = 0, which makes them their start point.
-        inv_len2 = np.divide(1.0, len2, out=np.zeros_like(len2), where=len2 > 0)
+        # Zero-length segments get 1/|d|² = 0, which makes them their start point;
+        # so do segments shorter than 1e-150 m, whose 1/|d|² would overflow.
+        inv_len2 = np.divide(1.0, len2, out=np.zeros_like(len2), where=len2 > 1e-300)
         segments = (a[:, 0].copy(), a[:, 1].copy(), d[:, 0].copy(), d[:, 1].copy(), inv_len2)
         # Each route's first vertex and segment count, for the exact fallback.
         n_coords = np.bincount(owner, minlength=self.n_routes)
@@ -203,8 +206,12 @@ class PreparedRoutes:
         # Runs are found per chunk of whole routes, then sorted cell-major.
         runs: list[tuple[_I64, _I64, _I64]] = []
         n_seg = seg_route.size
-        span = (cell + 2.0 * cutoff) / cell + 2.0
-        est = span * (span + np.sqrt(len2) / cell)
+        # Pieces as long as the band is wide keep the enumerated cells near the
+        # band's own area (total ∝ length * (piece + 2 cutoff)² / piece).
+        self._piece_m = max(cell, 2.0 * cutoff)
+        length = np.sqrt(len2)
+        span = (np.minimum(length, self._piece_m) + 2.0 * cutoff) / cell + 2.0
+        est = np.ceil(length / self._piece_m + 1e-9) * span * span
         cum = np.cumsum(est)
         start = 0
         while start < n_seg:
@@ -236,8 +243,6 @@ class PreparedRoutes:
         group_n = np.diff(np.append(group_start, route.size))
         self._entry_group_n: _I32 = np.zeros(route.size + 1, dtype=np.int32)
         self._entry_group_n[group_start] = group_n
-        population = np.diff(self._cell_offsets)
-        self._search_steps = int(population.max()).bit_length() if population.size else 0
 
     def _build_runs(
         self,
@@ -250,34 +255,50 @@ class PreparedRoutes:
         cell, cutoff = self.cell_m, self.cutoff_m
         half_diag = cell * math.sqrt(0.5)
         ax, ay, ux, uy, inv = (column[start:end] for column in segments)
-        ix0 = np.floor((np.minimum(ax, ax + ux) - cutoff - self._x0) / cell).astype(np.int64)
-        ix1 = np.floor((np.maximum(ax, ax + ux) + cutoff - self._x0) / cell).astype(np.int64)
-        iy0 = np.floor((np.minimum(ay, ay + uy) - cutoff - self._y0) / cell).astype(np.int64)
-        iy1 = np.floor((np.maximum(ay, ay + uy) + cutoff - self._y0) / cell).astype(np.int64)
+        # Cells are enumerated around pieces of at most _piece_m, so that a long
+        # diagonal segment covers a band of cells rather than its bounding box.
+        pieces = np.maximum(1, np.ceil(np.hypot(ux, uy) / self._piece_m)).astype(np.int64)
+        p_seg = np.repeat(np.arange(end - start), pieces)
+        p_no = np.arange(p_seg.size) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+        f0 = p_no / pieces[p_seg]
+        f1 = (p_no + 1) / pieces[p_seg]
+        x0 = ax[p_seg] + f0 * ux[p_seg]
+        x1 = ax[p_seg] + f1 * ux[p_seg]
+        y0 = ay[p_seg] + f0 * uy[p_seg]
+        y1 = ay[p_seg] + f1 * uy[p_seg]
+        ix0 = np.floor((np.minimum(x0, x1) - cutoff - self._x0) / cell).astype(np.int64)
+        ix1 = np.floor((np.maximum(x0, x1) + cutoff - self._x0) / cell).astype(np.int64)
+        iy0 = np.floor((np.minimum(y0, y1) - cutoff - self._y0) / cell).astype(np.int64)
+        iy1 = np.floor((np.maximum(y0, y1) + cutoff - self._y0) / cell).astype(np.int64)
         width = ix1 - ix0 + 1
         n_cells = width * (iy1 - iy0 + 1)
-        t_seg = np.repeat(np.arange(end - start), n_cells)
-        local = np.arange(t_seg.size) - np.repeat(np.cumsum(n_cells) - n_cells, n_cells)
-        cx = ix0[t_seg] + local % width[t_seg]
-        cy = iy0[t_seg] + local // width[t_seg]
+        t_piece = np.repeat(np.arange(p_seg.size), n_cells)
+        local = np.arange(t_piece.size) - np.repeat(np.cumsum(n_cells) - n_cells, n_cells)
+        cx = ix0[t_piece] + local % width[t_piece]
+        cy = iy0[t_piece] + local // width[t_piece]
+        t_seg = p_seg[t_piece]
         ox = self._x0 + (cx + 0.5) * cell
         oy = self._y0 + (cy + 0.5) * cell
         d_centre = np.sqrt(
             _point_segment_d2(ox, oy, ax[t_seg], ay[t_seg], ux[t_seg], uy[t_seg], inv[t_seg])
         )
-        keep = d_centre <= cutoff + half_diag
+        keep = d_centre <= cutoff + half_diag + _SLACK_M
         t_seg, cx, cy, d_centre = t_seg[keep], cx[keep], cy[keep], d_centre[keep]
         key = seg_route[start + t_seg] * self._ncells + cy * self._nx + cx
-        # Stable, so each key's segments stay in increasing order.
+        # Stable, so each key's segments stay in increasing order, and the copies
+        # of a (cell, segment) that neighbouring pieces of one segment produce
+        # end up next to each other.
         order = np.argsort(key, kind="stable")
         key, t_seg, d_centre = key[order], t_seg[order], d_centre[order]
         if key.size == 0:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, empty
+        once = np.r_[True, (key[1:] != key[:-1]) | (t_seg[1:] != t_seg[:-1])]
+        key, t_seg, d_centre = key[once], t_seg[once], d_centre[once]
         group_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         group_n = np.diff(np.append(group_start, key.size))
         best_centre = np.repeat(np.minimum.reduceat(d_centre, group_start), group_n)
-        bound = np.minimum(best_centre + half_diag, cutoff)
+        bound = np.minimum(best_centre + half_diag, cutoff) + _SLACK_M
         # The distance to the cell is at least the distance to its centre minus the
         # half diagonal, and at most the distance to its centre: only the cases in
         # between need the exact cell distance.
@@ -367,7 +388,7 @@ def _segment_hits_cell(
     t0 = np.zeros_like(ax)
     t1 = np.ones_like(ax)
     hit = np.ones(ax.shape, dtype=bool)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for p, q in ((-ux, ax - x0), (ux, x1 - ax), (-uy, ay - y0), (uy, y1 - ay)):
             parallel = p == 0
             hit &= ~(parallel & (q < 0))
@@ -436,55 +457,59 @@ def distance_to_routes(
         pair_route = sets.route_index[pos]
 
     d2 = _grid_d2(routes, x, y, pair_fix, pair_route, single=single)
-    cutoff2 = routes.cutoff_m * routes.cutoff_m
-    pair_d2 = np.where(d2 <= cutoff2, d2, np.inf)
+    pair_d = np.sqrt(d2)
+    pair_d[pair_d > routes.cutoff_m] = np.inf
     if exact_beyond_cutoff:
-        _exact_far(routes, x, y, pair_fix, pair_route, pair_d2)
+        _exact_far(routes, x, y, pair_fix, pair_route, pair_d)
 
-    corridor = routes.corridor_m[pair_route]
-    pair_within = pair_d2 <= corridor * corridor
+    pair_within = pair_d <= routes.corridor_m[pair_route]
     if single:
-        best_d2 = pair_d2
+        best_d = pair_d
         within = pair_within
         best_route = pair_route.copy()
     else:
-        best_d2 = np.full(n, np.inf)
+        best_d = np.full(n, np.inf)
         within = np.zeros(n, dtype=bool)
         best_route = np.full(n, -1, dtype=np.int64)
         has = set_size > 0
         if np.any(has):
             starts = pair_start[has]
-            best_d2[has] = np.minimum.reduceat(pair_d2, starts)
+            best_d[has] = np.minimum.reduceat(pair_d, starts)
             within[has] = np.logical_or.reduceat(pair_within, starts)
             # The first pair of each fix that attains the minimum names the route.
-            hits = np.flatnonzero(pair_d2 == best_d2[pair_fix])
+            hits = np.flatnonzero(pair_d == best_d[pair_fix])
             first = hits[np.r_[True, pair_fix[hits][1:] != pair_fix[hits][:-1]]]
             best_route[pair_fix[first]] = pair_route[first]
-    best_route[~np.isfinite(best_d2)] = -1
-    return RouteDistances(
-        distance_m=np.sqrt(best_d2), route_index=best_route, within_corridor=within
-    )
+    best_route[~np.isfinite(best_d)] = -1
+    return RouteDistances(distance_m=best_d, route_index=best_route, within_corridor=within)
 
 
 def _exact_far(
-    routes: PreparedRoutes, x: _F64, y: _F64, pair_fix: _I64, pair_route: _I64, pair_d2: _F64
+    routes: PreparedRoutes, x: _F64, y: _F64, pair_fix: _I64, pair_route: _I64, pair_d: _F64
 ) -> None:
-    """Fill in exact squared distances for fixes with no route within the cutoff."""
-    far_pairs = np.flatnonzero(np.isinf(pair_d2) & (routes._route_n[pair_route] > 0))
+    """Fill in exact distances (m) for fixes with no route within the cutoff."""
+    far_pairs = np.flatnonzero(np.isinf(pair_d) & (routes._route_n[pair_route] > 0))
     if far_pairs.size == 0:
         return
     # A far route of a fix that is near another of its routes cannot be the nearest.
     near_fix = np.zeros(x.size, dtype=bool)
-    near_fix[pair_fix[np.isfinite(pair_d2)]] = True
+    near_fix[pair_fix[np.isfinite(pair_d)]] = True
     far_fix = pair_fix[far_pairs]
     todo = far_pairs[~near_fix[far_fix] & np.isfinite(x[far_fix]) & np.isfinite(y[far_fix])]
     if todo.size:
         route = pair_route[todo]
         fix = pair_fix[todo]
         # Every segment of the route is a candidate: one run from its first vertex.
-        pair_d2[todo] = _runs_min_d2(
-            routes._xy, routes._route_vertex[route], routes._route_n[route], x[fix], y[fix]
-        )
+        # Far fixes may be very far: distances, not their squares, cannot overflow.
+        with np.errstate(over="ignore", invalid="ignore"):
+            pair_d[todo] = _runs_min_d2(
+                routes._xy,
+                routes._route_vertex[route],
+                routes._route_n[route],
+                x[fix],
+                y[fix],
+                squared=False,
+            )
 
 
 def _grid_d2(
@@ -506,7 +531,10 @@ def _grid_d2(
     fy = (y - routes._y0) * inv_cell
     # NaN and far-away fixes fail these comparisons and never reach the grid.
     inside = (fx >= 0) & (fx < routes._nx) & (fy >= 0) & (fy < routes._ny)
-    cell = np.where(inside, fy.astype(np.int64) * routes._nx + fx.astype(np.int64), 0)
+    # Outside fixes are sent to cell 0 (and masked) so the casts stay defined.
+    fx[~inside] = 0.0
+    fy[~inside] = 0.0
+    cell = fy.astype(np.int64) * routes._nx + fx.astype(np.int64)
     if not single:
         cell = cell[pair_fix]
         inside = inside[pair_fix]
@@ -546,9 +574,11 @@ def _runs_min_d2(
     n_seg: npt.NDArray[np.integer[Any]],
     px: _F64,
     py: _F64,
+    *,
+    squared: bool = True,
 ) -> _F64:
     """
-    Smallest squared distance in m² from each point to its run of segments.
+    Smallest squared distance in m² (or distance in m) from each point to its run of segments.
 
     Run ``i`` is the ``n_seg[i]`` segments joining vertices
     ``xy[vertex[i]], ..., xy[vertex[i] + n_seg[i]]``; ``n_seg`` must be > 0.
@@ -570,7 +600,9 @@ def _runs_min_d2(
         for c0 in range(b0, b1, rows):
             block = order[c0 : min(c0 + rows, b1)]
             run_xy = xy.take(steps + vertex[block], axis=0)
-            d2 = _run_d2(px[block], py[block], run_xy[..., 0].copy(), run_xy[..., 1].copy())
+            d2 = _run_d2(
+                px[block], py[block], run_xy[..., 0].copy(), run_xy[..., 1].copy(), squared
+            )
             out[block] = np.minimum.reduce(d2, axis=0)
     return out
 
@@ -598,9 +630,9 @@ def _find_entries(
     return lo, np.where(found, routes._entry_group_n[lo], 0)
 
 
-def _run_d2(px: _F64, py: _F64, x: _F64, y: _F64) -> _F64:
+def _run_d2(px: _F64, py: _F64, x: _F64, y: _F64, squared: bool = True) -> _F64:
     """
-    Squared distances in m² from points to runs of consecutive segments.
+    Squared distances in m² (or distances in m) from points to runs of consecutive segments.
 
     ``x``, ``y`` have shape (W + 1, B): column ``b`` holds the W + 1 vertices
     of point ``b``'s run of W segments; ``px``, ``py`` have shape (B,).
@@ -622,6 +654,9 @@ def _run_d2(px: _F64, py: _F64, x: _F64, y: _F64) -> _F64:
     np.clip(t, 0.0, 1.0, out=t)
     dx -= t * ux
     dy -= t * uy
+    if not squared:
+        result: _F64 = np.hypot(dx, dy)
+        return result
     dx *= dx
     dy *= dy
     dx += dy

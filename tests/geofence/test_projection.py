@@ -75,7 +75,9 @@ def test_vincenty_reference_is_sane() -> None:
 
 
 def test_origin_maps_to_zero_and_axes_point_east_and_north() -> None:
-    x, y = project([ORIGIN[0], ORIGIN[0] + 0.01, ORIGIN[0]], [ORIGIN[1], ORIGIN[1], 31.31], origin=ORIGIN)
+    x, y = project(
+        [ORIGIN[0], ORIGIN[0] + 0.01, ORIGIN[0]], [ORIGIN[1], ORIGIN[1], 31.31], origin=ORIGIN
+    )
     assert x[0] == 0.0 and y[0] == 0.0
     assert x[1] > 900 and abs(y[1]) < 1.0  # east; TM bends parallels slightly
     assert y[2] > 1100 and x[2] == 0.0  # north, on the central meridian
@@ -124,9 +126,9 @@ def test_short_distances_far_from_origin_keep_scale(origin: tuple[float, float])
     assert abs(planar_m(a, b, origin) - geodesic) <= 3.2e-5 * geodesic
 
 
-within_50km = st.tuples(
-    st.floats(0, 2 * math.pi), st.floats(0, 49_500)
-).map(lambda ar: (ar[1] * math.cos(ar[0]), ar[1] * math.sin(ar[0])))
+within_50km = st.tuples(st.floats(0, 2 * math.pi), st.floats(0, 49_500)).map(
+    lambda ar: (ar[1] * math.cos(ar[0]), ar[1] * math.sin(ar[0]))
+)
 
 
 @settings(max_examples=200, deadline=None)
