@@ -1,0 +1,416 @@
+"""The generic episode detector against the scalar reference, in order and out of order."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from alerts.episodes import Episode, EpisodeDetector, EpisodeEvent, EpisodeState
+from tests.alerts.reference import CLEAR, END, MET, NEUTRAL, Reading, RefEpisode, reference
+
+T0 = 1_790_000_000_000  # an arbitrary epoch ms
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def feed(det: EpisodeDetector, state: EpisodeState, rs: list[Reading]) -> list[EpisodeEvent]:
+    """Feed readings (any order) as one batch."""
+    return det.feed(
+        state,
+        np.array([r.ts for r in rs], np.int64),
+        np.array([r.code == MET for r in rs], bool),
+        clears=np.array([r.code == CLEAR for r in rs], bool),
+        ends=np.array([r.code == END for r in rs], bool),
+        value=np.array([r.value for r in rs]),
+        tag=np.array([r.tag for r in rs]),
+        lon_deg=np.array([r.lon for r in rs]),
+        lat_deg=np.array([r.lat for r in rs]),
+        backfill=np.array([r.backfill for r in rs], bool),
+    )
+
+
+def fold(events: list[EpisodeEvent]) -> dict[int, Episode]:
+    """Final episodes by number; checks that each is opened once and closed at most once."""
+    seen: dict[int, Episode] = {}
+    closed: set[int] = set()
+    for ev in events:
+        n = ev.episode.number
+        if ev.action == "open":
+            assert n not in seen, f"episode {n} opened twice"
+            assert ev.episode.active
+        else:
+            assert n in seen, f"{ev.action} before open for episode {n}"
+        if ev.action == "close":
+            assert n not in closed, f"episode {n} closed twice"
+            assert not ev.episode.active
+            closed.add(n)
+        if ev.action == "update" and n in closed:
+            assert not ev.episode.active, f"closed episode {n} reopened"
+        if n in seen:
+            # A late reading can only reveal an earlier start (a meeting reading before
+            # the first one), never a later one; and once a close is emitted it can only
+            # be refined to an earlier close, never postponed: both would mean that an
+            # uncertain decision was emitted.
+            assert ev.episode.started_at_ms <= seen[n].started_at_ms, f"start of {n} moved on"
+            was = seen[n].closed_at_ms
+            if was is not None:
+                assert ev.episode.closed_at_ms is not None
+                assert ev.episode.closed_at_ms <= was, f"close of {n} postponed"
+        seen[n] = ev.episode
+    return seen
+
+
+def as_tuple(ep: Episode | RefEpisode) -> tuple[object, ...]:
+    if isinstance(ep, Episode):
+        return (
+            ep.started_at_ms,
+            ep.opened_at_ms,
+            ep.last_met_ms,
+            ep.closed_at_ms,
+            ep.late,
+            ep.max_value,
+            ep.tag_at_max,
+            (ep.start_lon, ep.start_lat),
+            (ep.end_lon, ep.end_lat),
+            ep.path_m,
+        )
+    return (
+        ep.started,
+        ep.opened_at,
+        ep.last_met,
+        ep.closed_at,
+        ep.late,
+        ep.max_value,
+        ep.tag,
+        ep.start,
+        ep.end,
+        ep.path_m,
+    )
+
+
+def same(a: object, b: object) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+    return a == b
+
+
+def assert_same_episodes(got: dict[int, Episode], want: list[RefEpisode]) -> None:
+    g = sorted((as_tuple(e) for e in got.values()), key=lambda t: t[0])  # type: ignore[arg-type,return-value]
+    w = [as_tuple(e) for e in want]
+    assert len(g) == len(w), f"{len(g)} episodes, reference has {len(w)}:\n{g}\n{w}"
+    for x, y in zip(g, w, strict=True):
+        assert same(x, y), f"\n got {x}\nwant {y}"
+
+
+# -- strategies ------------------------------------------------------------------------------
+
+CODES = [MET, MET, CLEAR, CLEAR, NEUTRAL, END]
+
+
+@st.composite
+def streams(draw: st.DrawFn, *, max_runs: int = 14, with_end: bool = True) -> list[Reading]:
+    """Sorted readings made of runs of one code, 1–30 s apart (whole seconds hit thresholds)."""
+    codes = CODES if with_end else [c for c in CODES if c != END]
+    runs = draw(st.lists(st.tuples(st.sampled_from(codes), st.integers(1, 8)), max_size=max_runs))
+    out: list[Reading] = []
+    ts = T0
+    for code, length in runs:
+        for _ in range(length):
+            ts += draw(st.sampled_from([1, 2, 5, 5, 10, 10, 15, 30])) * 1000 + draw(
+                st.sampled_from([0, 0, 0, 1, 499])
+            )
+            has_pos = draw(st.integers(0, 9)) > 0
+            # Some noise inside runs, so late readings often fall into and break a run.
+            noisy = draw(st.integers(0, 3)) == 0
+            out.append(
+                Reading(
+                    ts=ts,
+                    code=draw(st.sampled_from([MET, MET, CLEAR, NEUTRAL])) if noisy else code,
+                    value=draw(st.sampled_from([math.nan, 40.0, 55.5, 61.0, 61.0, 80.0])),
+                    tag=float(len(out)),
+                    lon=120.7 + draw(st.integers(0, 200)) * 1e-4 if has_pos else math.nan,
+                    lat=31.3 + draw(st.integers(0, 200)) * 1e-4 if has_pos else math.nan,
+                    backfill=draw(st.integers(0, 9)) == 0,
+                )
+            )
+    return out
+
+
+detectors = st.builds(
+    lambda o, c, g: (o, c, g),
+    st.sampled_from([0.0, 5.0, 10.0, 30.0]),
+    st.sampled_from([0.0, 10.0, 30.0, math.inf]),
+    st.sampled_from([None, None, 20.0, 60.0]),
+)
+
+
+def split(draw: st.DrawFn, items: list[Reading]) -> list[list[Reading]]:
+    """Cut a sequence into consecutive batches at random points."""
+    cuts = sorted(set(draw(st.lists(st.integers(0, len(items)), max_size=8))))
+    parts, prev = [], 0
+    for c in [*cuts, len(items)]:
+        parts.append(items[prev:c])
+        prev = c
+    return [p for p in parts if p]
+
+
+PROP = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# -- in order: the vectorized detector equals the reference for any batch split ------------------
+
+
+@PROP
+@given(data=st.data(), params=detectors)
+def test_in_order_any_batch_split_matches_reference(data: st.DataObject, params) -> None:
+    open_s, close_s, gap_s = params
+    rs = data.draw(streams())
+    det = EpisodeDetector(
+        open_after_s=open_s, close_after_s=close_s, lateness_s=0.0, max_gap_s=gap_s
+    )
+    state = det.new_state()
+    events: list[EpisodeEvent] = []
+    for batch in split(data.draw, rs):
+        events += feed(det, state, batch)
+        if data.draw(st.booleans()):
+            # Persisting and rebuilding the state between batches changes nothing.
+            state = EpisodeState.from_dict(json.loads(json.dumps(state.to_dict())))
+    end = (rs[-1].ts if rs else T0) + 1
+    events += det.advance(state, watermark_ms=end)
+    assert_same_episodes(fold(events), reference(rs, open_s=open_s, close_s=close_s, gap_s=gap_s))
+    assert state.orphans == 0
+    assert state.late_lane is None
+
+
+# -- out of order: any arrival within the lateness gives the same episodes -----------------------
+
+
+@PROP
+@given(data=st.data(), params=detectors)
+def test_reordering_within_lateness_gives_the_same_episodes(data: st.DataObject, params) -> None:
+    open_s, close_s, gap_s = params
+    lateness_s = 30.0
+    rs = data.draw(streams())
+    delays = data.draw(
+        st.lists(st.integers(0, int(lateness_s * 1000)), min_size=len(rs), max_size=len(rs))
+    )
+    # Arrival order: by ts + delay, so at arrival no reading is more than lateness_s late.
+    arrival = [r for _, r in sorted(zip(delays, rs, strict=True), key=lambda p: p[1].ts + p[0])]
+    det = EpisodeDetector(
+        open_after_s=open_s, close_after_s=close_s, lateness_s=lateness_s, max_gap_s=gap_s
+    )
+    state = det.new_state()
+    events: list[EpisodeEvent] = []
+    arrived = 0
+    for batch in split(data.draw, arrival):
+        events += feed(det, state, batch)
+        arrived += len(batch)
+        rest = arrival[arrived:]
+        if rest and data.draw(st.booleans()):
+            # An engine tick: a valid watermark promises nothing older will arrive.
+            events += det.advance(state, watermark_ms=min(r.ts for r in rest))
+        if data.draw(st.booleans()):
+            state = EpisodeState.from_dict(json.loads(json.dumps(state.to_dict())))
+    end = (rs[-1].ts if rs else T0) + 1
+    events += det.advance(state, watermark_ms=end)
+    assert state.late_lane is None and state.dropped == 0
+    assert state.orphans == 0
+    assert_same_episodes(fold(events), reference(rs, open_s=open_s, close_s=close_s, gap_s=gap_s))
+
+
+@PROP
+@given(data=st.data())
+def test_instant_rules_are_never_held_back(data: st.DataObject) -> None:
+    """With open_after_s=0 an episode opens in the very call that brings its first reading."""
+    rs = data.draw(streams(with_end=False))
+    det = EpisodeDetector(open_after_s=0, close_after_s=0, lateness_s=30)
+    state = det.new_state()
+    ref = reference(rs, open_s=0, close_s=0)
+    opened_by: dict[int, int] = {}
+    for i, r in enumerate(rs):
+        for ev in feed(det, state, [r]):
+            if ev.action == "open":
+                opened_by[ev.episode.started_at_ms] = i
+    assert sorted(opened_by) == [e.started for e in ref]
+    index = {r.ts: i for i, r in enumerate(rs)}
+    assert all(opened_by[s] == index[s] for s in opened_by)
+
+
+# -- hand-written cases ----------------------------------------------------------------------
+
+
+def speeds(*pairs: tuple[int, bool]) -> list[Reading]:
+    return [Reading(ts=T0 + s * 1000, code=MET if m else CLEAR) for s, m in pairs]
+
+
+def run_all(det: EpisodeDetector, rs: list[Reading], *, end_s: int = 10_000) -> dict[int, Episode]:
+    state = det.new_state()
+    events = feed(det, state, rs)
+    events += det.advance(state, watermark_ms=T0 + end_s * 1000)
+    return fold(events)
+
+
+SPEEDING = EpisodeDetector(open_after_s=10, close_after_s=10, lateness_s=0)
+
+
+def test_exactly_ten_seconds_opens_nine_does_not() -> None:
+    ten = run_all(SPEEDING, speeds(*[(s, True) for s in range(0, 11)], (11, False)))
+    assert [(e.started_at_ms - T0, e.opened_at_ms - T0) for e in ten.values()] == [(0, 10_000)]
+    nine = run_all(SPEEDING, speeds(*[(s, True) for s in range(0, 10)], (10, False)))
+    assert nine == {}
+
+
+def test_near_miss_five_seconds_does_not_open() -> None:
+    assert run_all(SPEEDING, speeds(*[(s, s < 6) for s in range(0, 30)])) == {}
+
+
+def test_short_dip_does_not_close_and_ended_at_is_last_meeting_reading() -> None:
+    pattern = [(s, True) for s in range(0, 15)]
+    pattern += [(15, False), (16, False)]  # 1 s below the limit: no close
+    pattern += [(s, True) for s in range(17, 25)]
+    pattern += [(s, False) for s in range(25, 40)]  # 10 s below from 25 s: closes at 35 s
+    (ep,) = run_all(SPEEDING, speeds(*pattern)).values()
+    assert ep.started_at_ms == T0
+    assert ep.ended_at_ms == T0 + 24_000
+    assert ep.closed_at_ms == T0 + 35_000
+    assert ep.duration_s == 24.0
+
+
+def test_sampled_data_uses_reading_times_not_wall_time() -> None:
+    # Fixes every 4 s: 0, 4, 8 meet (8 s), 12 meets -> 12 s >= 10 s, opens at the 12 s fix.
+    (ep,) = run_all(SPEEDING, speeds((0, True), (4, True), (8, True), (12, True))).values()
+    assert (ep.started_at_ms - T0, ep.opened_at_ms - T0) == (0, 12_000)
+    assert ep.active
+
+
+def test_silence_inside_a_run_does_not_break_it_by_default_but_max_gap_does() -> None:
+    rs = speeds((0, True), (600, True), (601, False))
+    (ep,) = run_all(SPEEDING, rs).values()
+    assert ep.started_at_ms == T0 and ep.opened_at_ms == T0 + 600_000
+    gappy = EpisodeDetector(open_after_s=10, close_after_s=10, lateness_s=0, max_gap_s=60)
+    assert run_all(gappy, rs) == {}
+
+
+def test_max_gap_closes_an_open_episode_from_the_watermark() -> None:
+    det = EpisodeDetector(open_after_s=10, close_after_s=10, lateness_s=0, max_gap_s=60)
+    state = det.new_state()
+    events = feed(det, state, speeds(*[(s, True) for s in range(0, 12)]))
+    events += det.advance(state, watermark_ms=T0 + 11_000 + 60_000)
+    assert [e.action for e in events] == ["open"]
+    events += det.advance(state, watermark_ms=T0 + 11_000 + 60_001)
+    (ep,) = fold(events).values()
+    assert ep.closed_at_ms == T0 + 71_000 and ep.ended_at_ms == T0 + 11_000
+
+
+def test_end_reading_closes_at_once_and_cut_closes_without_readings() -> None:
+    det = EpisodeDetector(open_after_s=30, close_after_s=30, lateness_s=30)
+    state = det.new_state()
+    rs = [Reading(ts=T0 + s * 1000, code=MET) for s in range(0, 40, 5)]
+    events = feed(det, state, rs)
+    assert events == []  # the open at 30 s is not final until the watermark passes it
+    events = det.advance(state, watermark_ms=T0 + 31_000)
+    assert [e.action for e in events] == ["open"]
+    # The service window ends at 50 s; the bus says nothing more.
+    events = det.advance(state, watermark_ms=T0 + 51_000, cut_ms=T0 + 50_000)
+    assert [(e.action, e.episode.closed_at_ms) for e in events] == [("close", T0 + 50_000)]
+    assert events[0].episode.ended_at_ms == T0 + 35_000
+
+
+def test_duration_open_is_emitted_when_final_and_refined_by_late_readings() -> None:
+    det = EpisodeDetector(open_after_s=10, close_after_s=10, lateness_s=30)
+    state = det.new_state()
+    ev = feed(det, state, speeds(*[(s, True) for s in range(5, 20)]))
+    assert ev == []
+    ev = feed(det, state, speeds((46, True)))  # watermark 16 s: the open at 15 s is final
+    assert [(e.action, e.episode.started_at_ms - T0) for e in ev] == [("open", 5_000)]
+    # A late reading before the first one, within the lateness: started_at moves back.
+    ev = feed(det, state, speeds((4, True)))
+    assert ev == []  # 4 s is older than the watermark (16 s): too late, goes to the late lane
+    assert state.late_lane is not None
+    ev = feed(det, state, speeds((47, True), (44, True), (20, True)))
+    assert [e.action for e in ev] == ["update"]
+    assert ev[0].episode.last_met_ms == T0 + 47_000
+
+
+def test_late_reading_never_duplicates_an_open_episode() -> None:
+    det = EpisodeDetector(open_after_s=0, close_after_s=0, lateness_s=30)
+    state = det.new_state()
+    events = feed(det, state, speeds((10, True), (20, True)))
+    events += feed(det, state, speeds((5, True)))  # late, same run: refines started_at
+    events += feed(det, state, speeds((15, True)))
+    actions = [(e.action, e.episode.number, e.episode.started_at_ms - T0) for e in events]
+    assert actions == [("open", 1, 10_000), ("update", 1, 5_000)]
+
+
+def test_late_reading_can_split_an_episode_as_in_order_delivery_would() -> None:
+    det = EpisodeDetector(open_after_s=0, close_after_s=0, lateness_s=30)
+    state = det.new_state()
+    events = feed(det, state, speeds((10, True), (20, True)))
+    events += feed(det, state, speeds((15, False)))
+    got = fold(events)
+    assert [(e.started_at_ms - T0, e.ended_at_ms) for e in got.values()] == [
+        (10_000, T0 + 10_000),
+        (20_000, None),
+    ]
+
+
+def test_backfilled_readings_older_than_the_watermark_give_late_episodes() -> None:
+    det = EpisodeDetector(open_after_s=10, close_after_s=10, lateness_s=30, late_flush_after_s=60)
+    state = det.new_state()
+    live = [Reading(ts=T0 + s * 1000, code=CLEAR) for s in range(1000, 1100)]
+    events = feed(det, state, live)
+    blind = [
+        Reading(ts=T0 + s * 1000, code=MET if 100 <= s < 130 else CLEAR, backfill=True)
+        for s in range(50, 200)
+    ]
+    events += feed(det, state, blind)
+    assert state.late_lane is not None
+    events += feed(det, state, [Reading(ts=T0 + s * 1000, code=CLEAR) for s in range(1100, 1200)])
+    assert state.late_lane is None  # flushed once the watermark moved on
+    (ep,) = fold(events).values()
+    assert ep.late
+    assert (ep.started_at_ms - T0, ep.ended_at_ms - T0) == (100_000, 129_000)  # type: ignore[operator]
+
+
+def test_episode_opened_by_a_backfilled_reading_in_the_live_lane_is_late() -> None:
+    det = EpisodeDetector(open_after_s=0, close_after_s=0, lateness_s=30)
+    state = det.new_state()
+    events = feed(det, state, [Reading(ts=T0, code=MET, backfill=True)])
+    assert [e.episode.late for e in events] == [True]
+
+
+def test_state_round_trips_through_json() -> None:
+    det = EpisodeDetector(open_after_s=10, close_after_s=10, lateness_s=30)
+    state = det.new_state()
+    feed(det, state, speeds(*[(s, s % 7 != 0) for s in range(0, 80)]))
+    again = EpisodeState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert again.to_dict() == state.to_dict()
+
+
+def test_rejects_bad_parameters_and_shapes() -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        EpisodeDetector(open_after_s=-1, close_after_s=0)
+    det = EpisodeDetector(open_after_s=0, close_after_s=0)
+    with pytest.raises(ValueError, match="shape"):
+        det.feed(det.new_state(), np.arange(3), np.ones(2, bool))
+
+
+def test_duration_open_waits_for_a_late_reading_that_could_break_the_run() -> None:
+    det = EpisodeDetector(open_after_s=10, close_after_s=10, lateness_s=30)
+    state = det.new_state()
+    events = feed(det, state, speeds((0, True), (10, True)))
+    assert events == []  # a slower reading between them may still arrive
+    events += feed(det, state, speeds((5, False)))
+    events += det.advance(state, watermark_ms=T0 + 60_000)
+    assert events == []
+    assert state.orphans == 0
