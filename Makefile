@@ -15,7 +15,7 @@ PRESENT := $(patsubst %/__init__.py,%,$(foreach p,$(PACKAGES),$(wildcard $(p)/__
 .PHONY: help venv stack-up stack-down stack-reset migrate web run test check format bench clean
 
 help:
-	@echo "make run          whole service on the local stack (stack, schema, status)"
+	@echo "make run          the whole service on the local stack, fed by the simulator; prints the dashboard URL"
 	@echo "make test         every test against real PostgreSQL+TimescaleDB and Mosquitto"
 	@echo "make check        ruff (format + lint) and mypy --strict"
 	@echo "make bench        benchmarks, JSON into bench/results/"
@@ -46,6 +46,7 @@ web:
 
 run: migrate web
 	@$(BIN)/anxiao status
+	@bash scripts/run.sh
 
 test: venv stack-up web
 	$(BIN)/pytest $(PYTEST_ARGS)
