@@ -11,8 +11,11 @@ steps, deterministic seed) in a ~50 km square around 120.7E 31.3N, and
 * ``shapely_dwithin``: prepared routes, ``shapely.dwithin(route, point, 100)``.
 
 Shapely's point objects are made before its clocks start, so the ratio is
-conservative. Prints one JSON object and writes it to
-``bench/results/geofence_kernels.json``. Run with
+conservative; rounds interleave the contenders and the best round counts.
+For orientation it also times ``speed_limit_kmh`` (300 zones) and
+``service_window_mask`` (two school windows per bus) on the same fixes.
+Prints one JSON object and writes it to ``bench/results/geofence_kernels.json``
+(not with ``--quick``). Run with
 ``.venv/bin/python bench/geofence_kernels.py [--quick]``.
 """
 
@@ -31,7 +34,16 @@ import shapely
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from geofence import PreparedRoutes, RouteSets, distance_to_routes, project
+from geofence import (
+    PreparedRoutes,
+    PreparedZones,
+    RouteSets,
+    ServiceWindows,
+    distance_to_routes,
+    project,
+    service_window_mask,
+    speed_limit_kmh,
+)
 
 ORIGIN = (120.7, 31.3)
 RESULT = Path(__file__).resolve().parent / "results" / "geofence_kernels.json"
@@ -74,13 +86,44 @@ def make_fixes(
     return x, y, bus
 
 
-def best_of(repeat: int, fn) -> float:
-    times = []
+def best_of_interleaved(repeat: int, runs: dict) -> dict[str, float]:
+    """Best wall time of each run; rounds interleave the runs so load bursts hit all alike."""
+    best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def other_kernels(rng, x, y, bus, n_buses: int, repeat: int) -> tuple[float, float]:
+    """Fixes/s of speed_limit_kmh (300 zones) and service_window_mask (2 windows a bus)."""
+    n = x.size
+    centres = rng.uniform(-25_000, 25_000, (300, 2))
+    half = np.r_[np.full(295, 200.0), np.full(5, 3000.0)]
+    areas = shapely.box(*(centres - half[:, None]).T, *(centres + half[:, None]).T)
+    day0_ms = 1_795_363_200_000  # 2026-11-23 00:00 Asia/Shanghai
+    valid_from = [None if i % 2 else day0_ms + 7 * 3_600_000 for i in range(300)]
+    zones = PreparedZones(areas, limit_kmh=rng.choice([30.0, 40.0], 300), valid_from_ms=valid_from)
+    ts = day0_ms + rng.integers(0, 86_400_000, n)
+    windows = ServiceWindows.from_document(
+        [
+            [
+                {"days": "school", "start": "06:30", "end": "08:30"},
+                {"days": "school", "start": "15:30", "end": "17:30"},
+            ]
+        ]
+        * n_buses
+    )
+    seconds = best_of_interleaved(
+        repeat,
+        {
+            "zones": lambda: speed_limit_kmh(x, y, ts, zones=zones),
+            "windows": lambda: service_window_mask(ts, windows=windows, bus_index=bus),
+        },
+    )
+    return n / seconds["zones"], n / seconds["windows"]
 
 
 def main() -> None:
@@ -110,28 +153,25 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     sets = RouteSets(offsets=np.arange(args.buses + 1), route_index=np.arange(args.buses))
 
-    result = distance_to_routes(x, y, set_index=bus, routes=routes, sets=sets)
-    kernel_s = best_of(
-        args.repeat, lambda: distance_to_routes(x, y, set_index=bus, routes=routes, sets=sets)
-    )
-    quick = distance_to_routes(
-        x, y, set_index=bus, routes=routes, sets=sets, exact_beyond_cutoff=False
-    )
-    kernel_cutoff_s = best_of(
-        args.repeat,
-        lambda: distance_to_routes(
-            x, y, set_index=bus, routes=routes, sets=sets, exact_beyond_cutoff=False
-        ),
-    )
-
     points = shapely.points(x, y)
     fix_lines = lines[bus]
-    reference = shapely.distance(fix_lines, points)
-    distance_s = best_of(args.repeat, lambda: shapely.distance(fix_lines, points))
-    shapely.prepare(lines)
-    prepared = lines[bus]
-    dwithin = shapely.dwithin(prepared, points, 100.0)
-    dwithin_s = best_of(args.repeat, lambda: shapely.dwithin(prepared, points, 100.0))
+    prepared_lines = shapely.linestrings(xy)
+    shapely.prepare(prepared_lines)
+    fix_prepared = prepared_lines[bus]
+    runs = {
+        "kernel": lambda: distance_to_routes(x, y, set_index=bus, routes=routes, sets=sets),
+        "kernel_no_far_fallback": lambda: distance_to_routes(
+            x, y, set_index=bus, routes=routes, sets=sets, exact_beyond_cutoff=False
+        ),
+        "shapely_distance": lambda: shapely.distance(fix_lines, points),
+        "shapely_dwithin_prepared": lambda: shapely.dwithin(fix_prepared, points, 100.0),
+    }
+    results = {name: fn() for name, fn in runs.items()}
+    seconds = best_of_interleaved(args.repeat, runs)
+    result = results["kernel"]
+    quick = results["kernel_no_far_fallback"]
+    reference = results["shapely_distance"]
+    dwithin = results["shapely_dwithin_prepared"]
 
     # The benchmark is also a correctness check on realistic data.
     max_error_m = float(np.max(np.abs(result.distance_m - reference)))
@@ -140,8 +180,9 @@ def main() -> None:
     assert np.array_equal(quick.within_corridor, dwithin)
 
     n = args.fixes
-    kernel_fps = n / kernel_s
-    shapely_fps = max(n / distance_s, n / dwithin_s)
+    kernel_fps = n / seconds["kernel"]
+    shapely_fps = max(n / seconds["shapely_distance"], n / seconds["shapely_dwithin_prepared"])
+    zones_fps, windows_fps = other_kernels(rng, x, y, bus, args.buses, args.repeat)
     out = {
         "buses": args.buses,
         "vertices_per_route": args.vertices,
@@ -151,11 +192,13 @@ def main() -> None:
         "cell_m": routes.cell_m,
         "build_s": round(build_s, 3),
         "kernel_fixes_per_s": round(kernel_fps),
-        "kernel_no_far_fallback_fixes_per_s": round(n / kernel_cutoff_s),
-        "shapely_distance_fixes_per_s": round(n / distance_s),
-        "shapely_dwithin_prepared_fixes_per_s": round(n / dwithin_s),
+        "kernel_no_far_fallback_fixes_per_s": round(n / seconds["kernel_no_far_fallback"]),
+        "shapely_distance_fixes_per_s": round(n / seconds["shapely_distance"]),
+        "shapely_dwithin_prepared_fixes_per_s": round(n / seconds["shapely_dwithin_prepared"]),
         "ratio_vs_shapely": round(kernel_fps / shapely_fps, 2),
         "max_abs_error_m": max_error_m,
+        "speed_limit_fixes_per_s": round(zones_fps),
+        "service_window_mask_fixes_per_s": round(windows_fps),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "shapely": shapely.__version__,

@@ -1,5 +1,4 @@
-"""
-Pure NumPy/Shapely geofence kernels: arrays in, arrays out.
+"""Pure NumPy/Shapely geofence kernels: arrays in, arrays out.
 
 No I/O, no state, no asyncio. Positions are projected once to a local
 metric frame (:func:`project`); route and zone geometries are prepared once

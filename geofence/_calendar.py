@@ -59,8 +59,7 @@ def _epoch_day(value: dt.date | str) -> int:
 
 @dataclass(frozen=True)
 class SchoolCalendar:
-    """
-    Local overrides of the national calendar (the fleet document's ``calendar``).
+    """Local overrides of the national calendar (the fleet document's ``calendar``).
 
     ``breaks``: (first day, last day) pairs, both inclusive; ``extra_school_days``
     and ``extra_days_off``: single days. Days are kept as days since
@@ -128,8 +127,7 @@ def _weekday_bits(days: str | Sequence[int]) -> tuple[int, bool]:
 
 @dataclass(frozen=True)
 class ServiceWindows:
-    """
-    Service windows of many buses as flat arrays (ragged by bus).
+    """Service windows of many buses as flat arrays (ragged by bus).
 
     Bus ``b``'s windows are rows ``offsets[b]:offsets[b + 1]``. Each window
     has a bit mask of ISO weekdays (Monday = bit 0), whether it runs on
@@ -147,8 +145,7 @@ class ServiceWindows:
     def from_document(
         cls, windows_per_bus: Sequence[Sequence[Mapping[str, Any]]]
     ) -> ServiceWindows:
-        """
-        Build from one list of fleet-document windows per bus (contract §2).
+        """Build from one list of fleet-document windows per bus (contract §2).
 
         A window is ``{"days": "school" | "weekdays" | "daily" | [ISO weekday
         numbers], "start": "HH:MM", "end": "HH:MM"}`` with start before end.
@@ -180,8 +177,7 @@ class ServiceWindows:
 
 @functools.lru_cache(maxsize=64)
 def _national_workdays(year: int) -> _BOOL:
-    """
-    Working days of the national calendar for one year, indexed by day of year - 1.
+    """Working days of the national calendar for one year, indexed by day of year - 1.
 
     Memoized: the national calendar is a pure function of the year, and the
     warning for an uncovered year is then logged once per process.
@@ -274,8 +270,7 @@ def school_day_mask(
     calendar: SchoolCalendar | Mapping[str, Any] | None = None,
     tz: str = DEFAULT_TIMEZONE,
 ) -> _BOOL:
-    """
-    Whether each event falls on a school day, by its local date in ``tz``.
+    """Whether each event falls on a school day, by its local date in ``tz``.
 
     ``ts_ms``: integer epoch milliseconds (UTC), 1-D. ``calendar``: a
     :class:`SchoolCalendar` or the fleet document's ``calendar`` object.
@@ -296,8 +291,7 @@ def service_window_mask(
     calendar: SchoolCalendar | Mapping[str, Any] | None = None,
     tz: str = DEFAULT_TIMEZONE,
 ) -> _BOOL:
-    """
-    Whether each event is inside one of its bus's service windows, on a day of that window's kind.
+    """Whether each event is inside one of its bus's service windows on a day of their kind.
 
     ``ts_ms``: integer epoch milliseconds (UTC), 1-D of length N.
     ``windows``: a :class:`ServiceWindows` of many buses with ``bus_index``

@@ -66,8 +66,7 @@ def _origin(origin: tuple[float, float]) -> tuple[float, float]:
 def project(
     lon_deg: npt.ArrayLike, lat_deg: npt.ArrayLike, *, origin: tuple[float, float]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """
-    Project WGS-84 degrees to metres in a local frame centred on ``origin``.
+    """Project WGS-84 degrees to metres in a local frame centred on ``origin``.
 
     ``origin`` is ``(lon_deg, lat_deg)``; it maps to ``(0, 0)``, ``x_m`` grows
     east and ``y_m`` north. The frame is a transverse Mercator projection of
@@ -95,8 +94,7 @@ def project(
 
 
 def project_geometry(geometry: Any, *, origin: tuple[float, float]) -> Any:
-    """
-    Project a shapely geometry (or array of them) from lon/lat degrees to metres.
+    """Project a shapely geometry (or array of them) from lon/lat degrees to metres.
 
     Uses the same frame as :func:`project` with the same ``origin``; returns a
     new geometry (or array) of the same type with coordinates in metres.

@@ -48,8 +48,7 @@ _RUN_GAP: Final = 2
 
 
 class RouteDistances(NamedTuple):
-    """
-    Result of :func:`distance_to_routes`, one entry per fix.
+    """Result of :func:`distance_to_routes`, one entry per fix.
 
     ``distance_m`` (float64): distance in metres from the fix to the nearest
     of its assigned routes, in the projected frame; ``inf`` when the fix has
@@ -70,8 +69,7 @@ class RouteDistances(NamedTuple):
 
 @dataclass(frozen=True)
 class RouteSets:
-    """
-    Ragged sets of route indices, e.g. the routes assigned to each bus.
+    """Ragged sets of route indices, e.g. the routes assigned to each bus.
 
     Set ``s`` is ``route_index[offsets[s]:offsets[s + 1]]``; indices refer to
     the routes of a :class:`PreparedRoutes`. A set may be empty (a bus with
@@ -111,8 +109,7 @@ class RouteSets:
 
 
 class PreparedRoutes:
-    """
-    Route LineStrings in metres (see :func:`geofence.project_geometry`), prepared for queries.
+    """Route LineStrings in metres (see :func:`geofence.project_geometry`), prepared for queries.
 
     ``lines``: a sequence or array of shapely LineStrings in the projected
     frame; an empty LineString is allowed and is never near anything.
@@ -358,8 +355,7 @@ def _segment_near_cell(
     size: float,
     bound: _F64,
 ) -> _BOOL:
-    """
-    Whether segments come within ``bound`` metres of the square cells at ``(x0, y0)``.
+    """Whether segments come within ``bound`` metres of the square cells at ``(x0, y0)``.
 
     The distance is zero when they touch; otherwise it is attained at a
     segment end or a cell corner.
@@ -408,8 +404,7 @@ def distance_to_routes(
     sets: RouteSets,
     exact_beyond_cutoff: bool = True,
 ) -> RouteDistances:
-    """
-    Distance in metres from each fix to the nearest route of its route set.
+    """Distance in metres from each fix to the nearest route of its route set.
 
     ``x_m``, ``y_m``: fix positions in the projected frame of ``routes``
     (1-D, length N). ``set_index``: for each fix, the index of its route set
@@ -500,16 +495,24 @@ def _exact_far(
         route = pair_route[todo]
         fix = pair_fix[todo]
         # Every segment of the route is a candidate: one run from its first vertex.
-        # Far fixes may be very far: distances, not their squares, cannot overflow.
+        vertex, n_seg = routes._route_vertex[route], routes._route_n[route]
         with np.errstate(over="ignore", invalid="ignore"):
-            pair_d[todo] = _runs_min_d2(
-                routes._xy,
-                routes._route_vertex[route],
-                routes._route_n[route],
-                x[fix],
-                y[fix],
-                squared=False,
-            )
+            d = np.sqrt(_runs_min_d2(routes._xy, vertex, n_seg, x[fix], y[fix]))
+            # Squares of absurd distances (beyond 1e154 m) overflow: redo those
+            # few with distances, which cannot.
+            huge = np.flatnonzero(~np.isfinite(d))
+            if huge.size:
+                d[huge] = _runs_min_d2(
+                    routes._xy,
+                    vertex[huge],
+                    n_seg[huge],
+                    x[fix[huge]],
+                    y[fix[huge]],
+                    squared=False,
+                )
+                # Beyond 1e306 m even products overflow: call that "far from everything".
+                d[np.isnan(d)] = np.inf
+        pair_d[todo] = d
 
 
 def _grid_d2(
@@ -577,8 +580,7 @@ def _runs_min_d2(
     *,
     squared: bool = True,
 ) -> _F64:
-    """
-    Smallest squared distance in m² (or distance in m) from each point to its run of segments.
+    """Smallest squared distance in m² (or distance in m) from each point to its run of segments.
 
     Run ``i`` is the ``n_seg[i]`` segments joining vertices
     ``xy[vertex[i]], ..., xy[vertex[i] + n_seg[i]]``; ``n_seg`` must be > 0.
@@ -631,8 +633,7 @@ def _find_entries(
 
 
 def _run_d2(px: _F64, py: _F64, x: _F64, y: _F64, squared: bool = True) -> _F64:
-    """
-    Squared distances in m² (or distances in m) from points to runs of consecutive segments.
+    """Squared distances in m² (or distances in m) from points to runs of consecutive segments.
 
     ``x``, ``y`` have shape (W + 1, B): column ``b`` holds the W + 1 vertices
     of point ``b``'s run of W segments; ``px``, ``py`` have shape (B,).

@@ -33,8 +33,7 @@ def _bounds_ms(values: Iterable[int | None] | None, n: int, open_ms: int) -> _I6
 
 
 class PreparedZones:
-    """
-    Speed zones (Polygon or MultiPolygon areas in metres) prepared for point queries.
+    """Speed zones (Polygon or MultiPolygon areas in metres) prepared for point queries.
 
     ``areas``: shapely polygons in the projected frame (see
     :func:`geofence.project_geometry`). ``limit_kmh``: each zone's limit.
@@ -113,8 +112,7 @@ def speed_limit_kmh(
     zones: PreparedZones,
     default_kmh: float = DEFAULT_LIMIT_KMH,
 ) -> _F64:
-    """
-    Speed limit in km/h for each point at its time.
+    """Speed limit in km/h for each point at its time.
 
     ``x_m``, ``y_m``: positions in the projected frame of ``zones``;
     ``ts_ms``: epoch milliseconds (UTC), all 1-D of length N. The limit is

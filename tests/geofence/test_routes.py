@@ -97,8 +97,9 @@ def test_single_route_points(px: float, py: float) -> None:
 
 def test_absurd_coordinates_do_not_overflow() -> None:
     # shapely squares and overflows to inf here; the kernel stays finite and warning-free.
-    got = check_no_reference(np.array([-1e300]), np.array([1e300]), [ZIGZAG])
+    got = check_no_reference(np.array([-1e300, 1.7e308]), np.array([1e300, -1.7e308]), [ZIGZAG])
     assert got.distance_m[0] == pytest.approx(math.sqrt(2) * 1e300)
+    assert got.distance_m[1] == math.inf
 
 
 def check_no_reference(x, y, lines) -> RouteDistances:
