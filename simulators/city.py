@@ -656,7 +656,8 @@ def _zones(
             ]
         )
         poly = seg.buffer(TEMP_ZONE_HALF_WIDTH_M, cap_style="flat")
-        if poly.distance(school_polys) < 2 * SAFETY_MARGIN_M:
+        # Keep clear of school zones where the city leaves room (dense cities do not).
+        if poly.distance(school_polys) < 2 * SAFETY_MARGIN_M and attempts < 10 * n_temp:
             continue
         category = placed % 4
         if category == 0:  # roadworks during the whole run

@@ -99,10 +99,12 @@ class Leg:
     slow: list[tuple[int, int, float]] = field(default_factory=list)
     scenario: str | None = None
     _profile: Profile | None = None
+    _duration_s: float | None = None
 
     def invalidate(self) -> None:
         """Forget the computed profile after a change."""
         self._profile = None
+        self._duration_s = None
 
     def active_zones(self, city: City) -> NDArray[np.bool_]:
         """Zones valid at any time the leg may be driven (a cautious driver's view)."""
@@ -150,15 +152,29 @@ class Leg:
         return cap, dwell
 
     def profile(self, city: City) -> Profile:
-        """The driven profile (computed once until invalidated)."""
-        if self._profile is None:
-            cap, dwell = self.caps(city)
-            self._profile = drive(self.path, cap, dwell)
-        return self._profile
+        """The driven profile.
+
+        Only legs with a scenario keep theirs (probes ask again and again);
+        others recompute it, so ten thousand buses do not hold every profile.
+        """
+        if self._profile is not None:
+            return self._profile
+        cap, dwell = self.caps(city)
+        profile = drive(self.path, cap, dwell)
+        self._duration_s = profile.duration_s
+        if self.scenario is not None:
+            self._profile = profile
+        return profile
+
+    def duration_s(self, city: City) -> float:
+        """Seconds from departure to arrival (computed once until invalidated)."""
+        if self._duration_s is None:
+            self._duration_s = self.profile(city).duration_s
+        return self._duration_s
 
     def arrive_ms(self, city: City) -> int:
         """Arrival time (epoch ms)."""
-        return self.depart_ms + round(self.profile(city).duration_s * 1000)
+        return self.depart_ms + round(self.duration_s(city) * 1000)
 
 
 @dataclass(eq=False)
@@ -227,6 +243,7 @@ class RouteCache:
     def __init__(self, city: City) -> None:
         self.city = city
         self._paths: dict[int, tuple[DensePath, PathLimits, IDX, IDX]] = {}
+        self._back: dict[int, tuple[DensePath, PathLimits, IDX, IDX]] = {}
 
     def forward(self, route: int) -> tuple[DensePath, PathLimits, IDX, IDX]:
         """Path, limits, intersection indices and stop indices, depot to school."""
@@ -242,14 +259,16 @@ class RouteCache:
 
     def backward(self, route: int) -> tuple[DensePath, PathLimits, IDX, IDX]:
         """The same, school to depot."""
-        path, limits, node_idx, stop_idx = self.forward(route)
-        last = len(path.x) - 1
-        return (
-            path.reversed(),
-            limits.reversed(),
-            np.sort(last - node_idx),
-            np.sort(last - stop_idx),
-        )
+        if route not in self._back:
+            path, limits, node_idx, stop_idx = self.forward(route)
+            last = len(path.x) - 1
+            self._back[route] = (
+                path.reversed(),
+                limits.reversed(),
+                np.sort(last - node_idx),
+                np.sort(last - stop_idx),
+            )
+        return self._back[route]
 
 
 def build_plans(city: City, routes: RouteCache, start_ms: int, end_ms: int) -> list[BusPlan]:

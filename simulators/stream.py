@@ -24,7 +24,7 @@ import shapely
 from numpy.typing import NDArray
 
 from simulators._geo import to_lonlat, to_xy
-from simulators._time import format_rfc3339, local_dates, parse_rfc3339_ms
+from simulators._time import local_dates, parse_rfc3339_ms
 from simulators.city import City, CitySpec, Device, build_city, dump_fleet, fleet_document, rng_for
 from simulators.plan import BusPlan, RouteCache, build_plans
 from simulators.scenarios import (
@@ -340,8 +340,33 @@ def _gps_device(
     seq = (seq0 + np.arange(n, dtype=np.int64)) % _U32
     status = acc_on.astype(np.int64) | (positioned.astype(np.int64) << 1)
 
-    fix_fields = [
+    hb_rssi = gf.integers(-95, -55, len(hb_t))
+
+    # Merge fixes and heartbeats by time; ``src`` indexes the fix arrays (-1: heartbeat).
+    true_ms = np.concatenate([fix_t, hb_t])
+    src = np.concatenate([np.arange(n), np.full(len(hb_t), -1)])
+    order = np.argsort(true_ms, kind="stable")
+    true_ms, src = true_ms[order], src[order]
+    keep = ~_inside(true_ms, plan.silences)
+    true_ms, src = true_ms[keep], src[keep]
+    blinds = list(plan.blinds)
+    if spec.impairments:
+        blinds += _random_blinds(city, plan, d_index, acc)
+    blind = _inside(true_ms, blinds)
+    # Heartbeats are not stored through a blind area; fixes are, and sent late.
+    keep = ~(blind & (src < 0))
+    true_ms, src, blind = true_ms[keep], src[keep], blind[keep]
+    ts_ms = true_ms.copy()
+    for a, b, skew in plan.skews:
+        ts_ms[(true_ms >= a) & (true_ms < b)] += skew
+    is_fix = src >= 0
+
+    # Payloads, "ts" first, built once.
+    ts_values = _rfc3339_many(ts_ms) if device.ts_format == "rfc3339" else ts_ms.tolist()
+    j = src[is_fix]
+    fix_dicts = [
         {
+            "ts": t,
             "lat": la,
             "lon": lo,
             "speed": sp,
@@ -353,66 +378,46 @@ def _gps_device(
             "alarm": am,
             "status": st,
         }
-        for la, lo, sp, hd, al, sa, hp, sq, am, st in zip(
-            lat.tolist(),
-            lon.tolist(),
-            speed_rep.tolist(),
-            heading_rep.tolist(),
-            alt.tolist(),
-            sats.tolist(),
-            hdop.tolist(),
-            seq.tolist(),
-            alarm.tolist(),
-            status.tolist(),
+        for t, la, lo, sp, hd, al, sa, hp, sq, am, st in zip(
+            [v for v, f in zip(ts_values, is_fix.tolist(), strict=True) if f],
+            *(c[j].tolist() for c in (lat, lon, speed_rep, heading_rep, alt, sats, hdop)),
+            *(c[j].tolist() for c in (seq, alarm, status)),
             strict=True,
         )
     ]
-    hb_fields = [{"rssi": int(r)} for r in gf.integers(-95, -55, len(hb_t)).tolist()]
-
-    true_ms = np.concatenate([fix_t, hb_t])
-    order = np.argsort(true_ms, kind="stable")
-    is_fix = np.concatenate([np.ones(n, dtype=bool), np.zeros(len(hb_t), dtype=bool)])[order]
-    every = fix_fields + hb_fields
-    fields = [every[i] for i in order.tolist()]
-    true_ms = true_ms[order]
-    channel = ["gps" if f else "heartbeat" for f in is_fix.tolist()]
-    # Extra columns of fixes for the log, in the same order.
-    fx = np.concatenate([ex_m, np.full(len(hb_t), np.nan)])[order]
-    fy = np.concatenate([ey_m, np.full(len(hb_t), np.nan)])[order]
-    fsp = np.concatenate([speed_rep, np.full(len(hb_t), np.nan)])[order]
-    fal = np.concatenate([alarm, np.zeros(len(hb_t), dtype=np.int64)])[order]
-
-    keep = ~_inside(true_ms, plan.silences)
-    true_ms, is_fix, fx, fy, fsp, fal = (a[keep] for a in (true_ms, is_fix, fx, fy, fsp, fal))
-    fields = [f for f, k in zip(fields, keep.tolist(), strict=True) if k]
-    channel = [c for c, k in zip(channel, keep.tolist(), strict=True) if k]
-    blinds = list(plan.blinds)
-    if spec.impairments:
-        blinds += _random_blinds(city, plan, d_index, acc, start_ms, end_ms)
-    blind = _inside(true_ms, blinds)
-    # Heartbeats are not stored through a blind area; fixes are, and sent late.
-    keep = ~(blind & ~is_fix)
-    true_ms, is_fix, fx, fy, fsp, fal, blind = (
-        a[keep] for a in (true_ms, is_fix, fx, fy, fsp, fal, blind)
-    )
-    fields = [f for f, k in zip(fields, keep.tolist(), strict=True) if k]
-    channel = [c for c, k in zip(channel, keep.tolist(), strict=True) if k]
-    ts_ms = true_ms.copy()
-    for a, b, skew in plan.skews:
-        ts_ms[(true_ms >= a) & (true_ms < b)] += skew
+    hb_ts = [v for v, f in zip(ts_values, is_fix.tolist(), strict=True) if not f]
+    hb_dicts = [{"ts": t, "rssi": q} for t, q in zip(hb_ts, hb_rssi.tolist(), strict=False)]
+    fix_iter, hb_iter = iter(fix_dicts), iter(hb_dicts)
+    fields: list[dict[str, Any]] = [next(fix_iter) if f else next(hb_iter) for f in is_fix.tolist()]
     readings = _Readings(
         true_ms=true_ms,
         ts_ms=ts_ms,
-        channel=channel,
+        channel=["gps" if f else "heartbeat" for f in is_fix.tolist()],
         fields=fields,
         is_fix=is_fix,
         blind=blind,
         droppable=~_inside(true_ms, plan.protected) & ~blind,
     )
-    sent = _deliver(city, spec, device, d_index, readings, blinds, out)
+    sent = _deliver(city, spec, device, d_index, readings, blinds, out, keep_log=keep_log)
     if not keep_log:
         return None
-    return _log(readings, sent, fx, fy, fsp, fal)
+    j = np.where(is_fix, src, 0)
+    nan = np.full(len(src), np.nan)
+    return _log(
+        readings,
+        sent,
+        np.where(is_fix, ex_m[j], nan) if n else nan,
+        np.where(is_fix, ey_m[j], nan) if n else nan,
+        np.where(is_fix, speed_rep[j], nan) if n else nan,
+        np.where(is_fix, alarm[j], 0) if n else np.zeros(len(src), dtype=np.int64),
+    )
+
+
+def _rfc3339_many(ts_ms: I64) -> list[str]:
+    """:func:`format_rfc3339` for many times at once (Asia/Shanghai is always +08:00)."""
+    local = (ts_ms + 8 * 3_600_000).astype("datetime64[ms]")
+    text: list[str] = np.datetime_as_string(local, unit="ms").tolist()
+    return [t[:-4] + "+08:00" if t.endswith(".000") else t + "+08:00" for t in text]
 
 
 def _hold(values: F64, frozen: NDArray[np.bool_]) -> F64:
@@ -499,8 +504,6 @@ def _random_blinds(
     plan: BusPlan,
     d_index: int,
     acc: list[tuple[int, int]],
-    start_ms: int,
-    end_ms: int,
 ) -> list[tuple[int, int]]:
     """Occasional tunnels and underground car parks: 1–3 minutes without a network."""
     g = rng_for(city.spec.seed, _P_BLIND, d_index)
@@ -514,12 +517,7 @@ def _random_blinds(
         busy = plan.protected + plan.blinds + plan.silences
         if all(t1 + 60_000 <= p or t0 - 60_000 >= q for p, q in busy):
             out.append((t0, t1))
-    del start_ms, end_ms
     return out
-
-
-def _payload(ts_ms: int, fields: dict[str, Any], rfc: bool) -> dict[str, Any]:
-    return {"ts": format_rfc3339(ts_ms) if rfc else ts_ms, **fields}
 
 
 def _deliver(
@@ -530,15 +528,18 @@ def _deliver(
     r: _Readings,
     blinds: list[tuple[int, int]],
     out: _Collector,
-) -> NDArray[np.int64]:
-    """Turn readings into messages; return each reading's first send time (-1 = never)."""
+    *,
+    keep_log: bool,
+) -> I64:
+    """Turn readings into messages; return each reading's first send time (-1 = never).
+
+    This is the hot loop of large runs: one payload per message, no copies.
+    """
     g = rng_for(city.spec.seed, _P_IMPAIR, d_index)
     n = len(r.true_ms)
-    rfc = device.ts_format == "rfc3339"
     latency = g.integers(150, 1500, n)
     send = r.true_ms + latency
     dropped = np.zeros(n, dtype=bool)
-    late = np.zeros(n, dtype=bool)
     dup = np.zeros(n, dtype=bool)
     if spec.impairments:
         draw = g.random(n)
@@ -549,19 +550,25 @@ def _deliver(
         late = (g.random(n) < 0.004) & ~r.blind
         send = send + np.where(late, g.integers(2000, 20000, n), 0)
         dup = g.random(n) < 0.004
+    dup_delay = g.integers(500, 8000, n)
     first_send = np.full(n, -1, dtype=np.int64)
-    gps_topic = topic_for(device.id, "gps")
     end_ms = spec.end_ms
+    topics = {c: topic_for(device.id, c) for c in ("gps", "heartbeat", "smoke", "button")}
+    gps_topic = topics["gps"]
+    add = out.add
+    dumps = orjson.dumps
+    fields = r.fields
 
     def emit(at_ms: int, topic: str, payload: bytes, members: list[int], again: bool) -> None:
         if at_ms >= end_ms:
             return
-        out.add(at_ms, d_index, topic, payload)
+        add(at_ms, d_index, topic, payload)
         if again:
-            out.add(at_ms + int(g.integers(500, 8000)), d_index, topic, payload)
-        for i in members:
-            if first_send[i] < 0 or at_ms < first_send[i]:
-                first_send[i] = at_ms
+            add(at_ms + int(dup_delay[members[-1]]), d_index, topic, payload)
+        if keep_log:
+            for i in members:
+                if first_send[i] < 0 or at_ms < first_send[i]:
+                    first_send[i] = at_ms
 
     # Backfilled fixes: one batch (or several) per blind area, after it ends.
     for a, b in sorted(blinds):
@@ -569,40 +576,50 @@ def _deliver(
         at = b + int(g.integers(5000, 25000))
         for c in range(0, len(members), 500):
             chunk = members[c : c + 500]
-            body = {"fixes": [_payload(int(r.ts_ms[i]), r.fields[i], rfc) for i in chunk],
-                    "backfill": True}  # fmt: skip
-            emit(at + c, gps_topic, orjson.dumps(body), chunk, False)
-    # Live fixes, singly or in batches.
-    live = (~r.blind & ~dropped & r.is_fix).tolist()
+            body = {"fixes": [fields[i] for i in chunk], "backfill": True}
+            emit(at + c, gps_topic, dumps(body), chunk, False)
+
+    live = ~r.blind & ~dropped
+    if spec.batch == 1:
+        # One message per reading: the common case, kept lean.
+        for i, at, again, channel in zip(
+            np.flatnonzero(live).tolist(),
+            send[live].tolist(),
+            dup[live].tolist(),
+            [r.channel[i] for i in np.flatnonzero(live).tolist()],
+            strict=True,
+        ):
+            if at >= end_ms:
+                continue
+            payload = dumps(fields[i])
+            topic = topics[channel]
+            add(at, d_index, topic, payload)
+            if again:
+                add(at + int(dup_delay[i]), d_index, topic, payload)
+            if keep_log:
+                first_send[i] = at if first_send[i] < 0 else min(at, int(first_send[i]))
+        return first_send
+
     group: list[int] = []
     window_ms = int(spec.batch_window_s * 1000)
 
     def flush() -> None:
-        if not group:
-            return
-        last = group[-1]
-        if spec.batch == 1:
-            payload = orjson.dumps(_payload(int(r.ts_ms[last]), r.fields[last], rfc))
-        else:
-            body = {"fixes": [_payload(int(r.ts_ms[i]), r.fields[i], rfc) for i in group],
-                    "backfill": False}  # fmt: skip
-            payload = orjson.dumps(body)
-        emit(int(send[last]), gps_topic, payload, list(group), bool(dup[last]))
-        group.clear()
+        if group:
+            body = {"fixes": [fields[i] for i in group], "backfill": False}
+            last = group[-1]
+            emit(int(send[last]), gps_topic, dumps(body), list(group), bool(dup[last]))
+            group.clear()
 
-    for i in range(n):
+    for i in np.flatnonzero(live).tolist():
         if r.is_fix[i]:
-            if not live[i]:
-                continue
             if group and int(r.true_ms[i]) - int(r.true_ms[group[0]]) >= window_ms:
                 flush()
             group.append(i)
             if len(group) >= spec.batch:
                 flush()
-        elif not dropped[i]:
-            topic = topic_for(device.id, r.channel[i])
-            payload = orjson.dumps(_payload(int(r.ts_ms[i]), r.fields[i], rfc))
-            emit(int(send[i]), topic, payload, [i], bool(dup[i]))
+        else:
+            topic = topics[r.channel[i]]
+            emit(int(send[i]), topic, dumps(fields[i]), [i], bool(dup[i]))
     flush()
     return first_send
 
@@ -648,7 +665,7 @@ def _campus_device(
     days = (hb_t - start_ms) / 86_400_000
     battery = np.floor(battery0 - 0.05 * days).astype(np.int64).tolist()
     items: list[tuple[int, str, dict[str, Any]]] = [
-        (int(t), "heartbeat", {"battery": b, "rssi": q})
+        (t, "heartbeat", {"battery": b, "rssi": q})
         for t, b, q in zip(hb_t.tolist(), battery, rssi, strict=True)
     ]
     items += [e for e in plan.events if start_ms <= e[0] < end_ms]
@@ -663,16 +680,17 @@ def _campus_device(
         ts_ms[(true_ms >= a) & (true_ms < b)] += skew
     channel = [e[1] for e in items]
     is_hb = np.array([c == "heartbeat" for c in channel], dtype=bool)
+    ts_values = _rfc3339_many(ts_ms) if device.ts_format == "rfc3339" else ts_ms.tolist()
     readings = _Readings(
         true_ms=true_ms,
         ts_ms=ts_ms,
         channel=channel,
-        fields=[e[2] for e in items],
+        fields=[{"ts": t, **e[2]} for t, e in zip(ts_values, items, strict=True)],
         is_fix=np.zeros(len(items), dtype=bool),
         blind=np.zeros(len(items), dtype=bool),
         droppable=is_hb & ~_inside(true_ms, plan.protected),
     )
-    sent = _deliver(city, spec, device, d_index, readings, [], out)
+    sent = _deliver(city, spec, device, d_index, readings, [], out, keep_log=keep_log)
     if not keep_log:
         return None
     empty = np.zeros(len(items))

@@ -6,8 +6,11 @@ import itertools
 from collections import Counter
 from datetime import datetime
 
+import numpy as np
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from simulators import RunSpec, simulate
 from simulators._time import parse_rfc3339_ms
@@ -147,3 +150,13 @@ def test_ground_truth_lines(sim):
         for key in ("start", "end"):
             if record[key] is not None:
                 assert datetime.fromisoformat(record[key]).utcoffset() is not None
+
+
+@given(st.lists(st.integers(1_600_000_000_000, 1_900_000_000_000), max_size=50))
+def test_vectorised_timestamps_match_the_scalar_ones(values):
+    from simulators._time import format_rfc3339
+    from simulators.stream import _rfc3339_many
+
+    values += [1_795_384_800_000, 1_795_384_800_250]
+    fast = _rfc3339_many(np.asarray(values, dtype=np.int64))
+    assert fast == [format_rfc3339(v) for v in values]
