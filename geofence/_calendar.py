@@ -52,9 +52,12 @@ _ALL_DAYS: Final = 0b1111111
 _MON_FRI: Final = 0b0011111
 
 
-def _epoch_day(value: dt.date | str) -> int:
-    day = dt.date.fromisoformat(value) if isinstance(value, str) else value
-    return (day - _EPOCH).days
+def _date(value: dt.date | str) -> dt.date:
+    return dt.date.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _epoch_days(days: Iterable[dt.date]) -> _I64:
+    return np.array([(d - _EPOCH).days for d in days], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -62,13 +65,12 @@ class SchoolCalendar:
     """Local overrides of the national calendar (the fleet document's ``calendar``).
 
     ``breaks``: (first day, last day) pairs, both inclusive; ``extra_school_days``
-    and ``extra_days_off``: single days. Days are kept as days since
-    1970-01-01 so that masks can compare them as arrays.
+    and ``extra_days_off``: single days. All are local dates.
     """
 
-    breaks: tuple[tuple[int, int], ...] = ()
-    extra_school_days: frozenset[int] = frozenset()
-    extra_days_off: frozenset[int] = frozenset()
+    breaks: tuple[tuple[dt.date, dt.date], ...] = ()
+    extra_school_days: frozenset[dt.date] = frozenset()
+    extra_days_off: frozenset[dt.date] = frozenset()
 
     @classmethod
     def from_dates(
@@ -79,13 +81,13 @@ class SchoolCalendar:
         extra_days_off: Iterable[dt.date | str] = (),
     ) -> SchoolCalendar:
         """Build from dates or ISO ``YYYY-MM-DD`` strings."""
-        spans = tuple((_epoch_day(a), _epoch_day(b)) for a, b in breaks)
+        spans = tuple((_date(a), _date(b)) for a, b in breaks)
         if any(a > b for a, b in spans):
             raise ValueError("a break must not end before it starts")
         return cls(
             breaks=spans,
-            extra_school_days=frozenset(_epoch_day(d) for d in extra_school_days),
-            extra_days_off=frozenset(_epoch_day(d) for d in extra_days_off),
+            extra_school_days=frozenset(_date(d) for d in extra_school_days),
+            extra_days_off=frozenset(_date(d) for d in extra_days_off),
         )
 
     @classmethod
@@ -211,12 +213,14 @@ def _school_days(days: _I64, calendar: SchoolCalendar) -> _BOOL:
     for year in np.unique(year_no):
         here = year_no == year
         flags[here] = _national_workdays(int(year))[day_of_year[here]]
-    for first, last in calendar.breaks:
-        flags &= ~((days >= first) & (days <= last))
+    if calendar.breaks:
+        first = _epoch_days(b[0] for b in calendar.breaks)
+        last = _epoch_days(b[1] for b in calendar.breaks)
+        flags &= ~np.any((days[:, None] >= first) & (days[:, None] <= last), axis=1)
     if calendar.extra_school_days:
-        flags |= np.isin(days, np.fromiter(calendar.extra_school_days, dtype=np.int64))
+        flags |= np.isin(days, _epoch_days(calendar.extra_school_days))
     if calendar.extra_days_off:
-        flags &= ~np.isin(days, np.fromiter(calendar.extra_days_off, dtype=np.int64))
+        flags &= ~np.isin(days, _epoch_days(calendar.extra_days_off))
     return flags
 
 
