@@ -1,6 +1,7 @@
 """Pure NumPy/Shapely geofence kernels: arrays in, arrays out.
 
-No I/O, no state, no asyncio. Positions are projected once to a local
+No I/O, no state (beyond memoizing the national holiday calendar per
+year), no asyncio. Positions are projected once to a local
 metric frame (:func:`project`); route and zone geometries are prepared once
 (:class:`PreparedRoutes`, :class:`PreparedZones`) and then queried for whole
 batches of fixes at a time:

@@ -425,6 +425,12 @@ def distance_to_routes(
     * ``within_corridor`` is exact in both modes.
 
     Non-finite coordinates count as far from everything (``inf``).
+
+    The route-deviation condition needs only ``within_corridor``: with
+    ``exact_beyond_cutoff=False`` a batch costs the grid lookups alone, and
+    exact distances can be asked for the (few) fixes outside afterwards.
+    A detour filing with a path is one more route in ``routes`` and a route
+    set of its own for the fixes it covers.
     """
     x = np.ascontiguousarray(x_m, dtype=np.float64).reshape(-1)
     y = np.ascontiguousarray(y_m, dtype=np.float64).reshape(-1)
