@@ -27,6 +27,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,7 @@ def make_fixes(
     return x, y, bus
 
 
-def best_of_interleaved(repeat: int, runs: dict) -> dict[str, float]:
+def best_of_interleaved(repeat: int, runs: dict[str, Callable[[], object]]) -> dict[str, float]:
     """Best wall time of each run; rounds interleave the runs so load bursts hit all alike."""
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeat):
@@ -97,7 +98,14 @@ def best_of_interleaved(repeat: int, runs: dict) -> dict[str, float]:
     return best
 
 
-def other_kernels(rng, x, y, bus, n_buses: int, repeat: int) -> tuple[float, float]:
+def other_kernels(
+    rng: np.random.Generator,
+    x: np.ndarray,
+    y: np.ndarray,
+    bus: np.ndarray,
+    n_buses: int,
+    repeat: int,
+) -> tuple[float, float]:
     """Fixes/s of speed_limit_kmh (300 zones) and service_window_mask (2 windows a bus)."""
     n = x.size
     centres = rng.uniform(-25_000, 25_000, (300, 2))
@@ -158,7 +166,7 @@ def main() -> None:
     prepared_lines = shapely.linestrings(xy)
     shapely.prepare(prepared_lines)
     fix_prepared = prepared_lines[bus]
-    runs = {
+    runs: dict[str, Callable[[], object]] = {
         "kernel": lambda: distance_to_routes(x, y, set_index=bus, routes=routes, sets=sets),
         "kernel_no_far_fallback": lambda: distance_to_routes(
             x, y, set_index=bus, routes=routes, sets=sets, exact_beyond_cutoff=False
@@ -166,12 +174,13 @@ def main() -> None:
         "shapely_distance": lambda: shapely.distance(fix_lines, points),
         "shapely_dwithin_prepared": lambda: shapely.dwithin(fix_prepared, points, 100.0),
     }
-    results = {name: fn() for name, fn in runs.items()}
+    result = distance_to_routes(x, y, set_index=bus, routes=routes, sets=sets)
+    quick = distance_to_routes(
+        x, y, set_index=bus, routes=routes, sets=sets, exact_beyond_cutoff=False
+    )
+    reference = shapely.distance(fix_lines, points)
+    dwithin = shapely.dwithin(fix_prepared, points, 100.0)
     seconds = best_of_interleaved(args.repeat, runs)
-    result = results["kernel"]
-    quick = results["kernel_no_far_fallback"]
-    reference = results["shapely_distance"]
-    dwithin = results["shapely_dwithin_prepared"]
 
     # The benchmark is also a correctness check on realistic data.
     max_error_m = float(np.max(np.abs(result.distance_m - reference)))
