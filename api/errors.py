@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -59,12 +60,23 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=503)
 
     @app.exception_handler(asyncpg.exceptions.PostgresConnectionError)
+    # 57xxx: the server is starting, shutting down or restarting (57P01-57P03).
+    @app.exception_handler(asyncpg.exceptions.OperatorInterventionError)
     @app.exception_handler(asyncpg.exceptions.InterfaceError)
+    @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(ConnectionError)
     async def _database_gone(_r: Request, exc: Exception) -> JSONResponse:
         # The pool drops the broken connection; the next request gets a new one.
         body = error_body("unavailable", "数据库暂不可用，请重试 database unavailable, retry")
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(asyncpg.exceptions.DataError)
+    @app.exception_handler(psycopg.DataError)
+    async def _unstorable(_r: Request, exc: Exception) -> JSONResponse:
+        # A value the database cannot take (a NUL character, a date past year
+        # 9999 in UTC): the request's fault, not the server's.
+        body = error_body("invalid_request", "请求含无效的值 a value cannot be stored or compared")
+        return JSONResponse(body, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_r: Request, exc: RequestValidationError) -> JSONResponse:

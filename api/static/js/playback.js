@@ -45,9 +45,12 @@ export class Playback {
     this.bus.replaceChildren(...buses.map((b) => el("option", { value: b.id }, `${b.plate} · ${b.id}`)));
     if (chosen && buses.some((b) => b.id === chosen)) this.bus.value = chosen;
     if (!this.since.value || busId) {
-      const now = new Date();
-      this.until.value = dateToZoned(new Date(now.getTime() + 60 * 1000));
-      this.since.value = dateToZoned(new Date(now.getTime() - DEFAULT_SPAN_MS));
+      // The hour up to the bus's latest fix: under a replay (serve --clock event)
+      // event time is in the past, and "the last hour" of the wall clock is empty.
+      const latest = Math.max(0, ...buses.map((b) => b.tsMs ?? 0));
+      const anchorMs = state.buses.get(this.bus.value)?.tsMs ?? (latest || Date.now());
+      this.until.value = dateToZoned(new Date(anchorMs + 60 * 1000));
+      this.since.value = dateToZoned(new Date(anchorMs - DEFAULT_SPAN_MS));
     }
     this.panel.hidden = false;
     if (busId) this.load();
