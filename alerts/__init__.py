@@ -1,3 +1,42 @@
 """Alerts: rules as episode detectors, alert store, hazard ledger, notices, digests."""
 
-__all__: list[str] = []
+from alerts.episodes import Episode, EpisodeDetector, EpisodeEvent, EpisodeState
+from alerts.rules import (
+    GPS_FAULT_BITS,
+    KINDS,
+    AlertEvent,
+    ClockSkew,
+    DeviceFault,
+    DeviceOffline,
+    FaultState,
+    OfflineState,
+    OutOfHours,
+    PanicButton,
+    PanicState,
+    RouteDeviation,
+    SmokeAlarm,
+    Speeding,
+    severity,
+)
+
+__all__ = [
+    "GPS_FAULT_BITS",
+    "KINDS",
+    "AlertEvent",
+    "ClockSkew",
+    "DeviceFault",
+    "DeviceOffline",
+    "Episode",
+    "EpisodeDetector",
+    "EpisodeEvent",
+    "EpisodeState",
+    "FaultState",
+    "OfflineState",
+    "OutOfHours",
+    "PanicButton",
+    "PanicState",
+    "RouteDeviation",
+    "SmokeAlarm",
+    "Speeding",
+    "severity",
+]

@@ -171,10 +171,18 @@ class Episode:
         """From ``started_at`` to the latest meeting reading, seconds."""
         return (self.last_met_ms - self.started_at_ms) / 1000.0
 
-    def _key(self) -> tuple[Any, ...]:
-        # NaN != NaN, so compare a NaN-free form when deciding whether to emit an update.
+    def _key(self, progress: bool = True) -> tuple[Any, ...]:
+        # What an update must show. NaN != NaN, so compare a NaN-free form.
+        if not progress:
+            fixed = (self.max_value, self.tag_at_max)
+            return (
+                self.started_at_ms,
+                self.closed_at_ms,
+                self.ended_at_ms,
+                self.late,
+                *(None if math.isnan(v) else v for v in fixed),
+            )
         return (
-            self.number,
             self.started_at_ms,
             self.opened_at_ms,
             self.last_met_ms,
@@ -361,7 +369,11 @@ class EpisodeDetector:
     how far out of order (event time) readings may arrive. ``max_gap_s``: see
     the module docstring (``None``: silence never breaks a run).
     ``late_flush_after_s``: how long after its last reading, in device
-    watermark time, the late lane is flushed.
+    watermark time, the late lane is flushed. ``report_progress``: emit an
+    ``update`` whenever an active episode's latest meeting reading, end
+    position or path moves on (rules whose details show duration or track);
+    when ``False``, only when its start, ``late``, ``max_value``/``tag_at_max``
+    or, once closed, its end changes.
     """
 
     open_after_s: float
@@ -369,6 +381,7 @@ class EpisodeDetector:
     lateness_s: float = 30.0
     max_gap_s: float | None = None
     late_flush_after_s: float = 120.0
+    report_progress: bool = True
 
     def __post_init__(self) -> None:
         if not (self.open_after_s >= 0 and self.close_after_s >= 0 and self.lateness_s >= 0):
@@ -622,7 +635,7 @@ class EpisodeDetector:
                     snap = prev
                 elif prev.active and not snap.active:
                     out.append(EpisodeEvent("close", snap))
-                elif snap._key() != prev._key():
+                elif snap._key(self.report_progress) != prev._key(self.report_progress):
                     out.append(EpisodeEvent("update", snap))
             else:
                 snap = dataclasses.replace(snap, number=counter.next_number)

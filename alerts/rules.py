@@ -1,0 +1,1081 @@
+"""The eight alert rules of contract §3, as thin layers over :mod:`alerts.episodes`.
+
+Every rule is a frozen, keyword-only dataclass holding its thresholds (the
+contract defaults, units in the names). Its methods take one device's
+readings as NumPy arrays plus the masks and values the engine computed with
+the geofence kernels (speed limit per fix, distance to the nearest assigned
+route and whether the fix is within a corridor, service-window and
+school-day masks, filing coverage), so nothing here touches geometry, the
+database or MQTT. Each method mutates the device's state for that rule and
+returns :class:`AlertEvent` values, which the engine stores: ``open`` inserts
+the alert row, ``update`` refines it (a late reading, growing details),
+``close`` clears it. An event names its episode by ``(kind, source,
+number)``, unique per device.
+
+Rules, their per-device state and their calls:
+
+* :class:`Speeding`, :class:`EpisodeState`: ``feed``, ``advance``;
+* :class:`RouteDeviation`, :class:`EpisodeState`: ``feed``, ``advance(window_end_ms=)``;
+* :class:`OutOfHours`, :class:`EpisodeState`: ``feed``, ``advance(window_start_ms=)``;
+* :class:`DeviceOffline`, :class:`OfflineState`: ``feed(heard_ms=)``, ``advance``;
+* :class:`SmokeAlarm`, :class:`EpisodeState`: ``feed``, ``advance``;
+* :class:`PanicButton`, :class:`PanicState`: ``feed_button``, ``feed_gps``, ``advance``,
+  ``resolve``;
+* :class:`DeviceFault`, :class:`FaultState`: ``feed_smoke``, ``feed_button``, ``feed_gps``,
+  ``advance``;
+* :class:`ClockSkew`, :class:`EpisodeState`: ``feed(live_clock=)``, ``advance``.
+
+Times are int64 epoch milliseconds (UTC). ``advance`` takes the device
+watermark (see :meth:`alerts.episodes.EpisodeDetector.advance`): under the
+event clock the newest event time seen minus the lateness; it lets
+duration-based decisions become final and closes episodes without new
+readings. Per batch, the engine calls, for a bus's GPS device::
+
+    ev = speeding.feed(st.speeding, ts_ms=ts, speed_kmh=v, limit_kmh=limit,
+                       lon_deg=lon, lat_deg=lat, backfill=bf)
+    ev += deviation.feed(st.deviation, ts_ms=ts, distance_m=d, within_corridor=inside,
+                         route_index=ri, route_ids=ids, in_service_window=win,
+                         school_day=school, filing_covers=detour, lon_deg=lon, lat_deg=lat)
+    ev += out_of_hours.feed(st.ooh, ts_ms=ts, speed_kmh=v, in_service_window=win,
+                            school_day=school, filing_covers=moving_filed, ...)
+    ev += panic.feed_gps(st.panic, ts_ms=ts, alarm=alarm)
+    ev += fault.feed_gps(st.fault, ts_ms=ts, alarm=alarm)
+    ev += skew.feed(st.skew, ts_ms=ts, received_ms=rx, live_clock=live)
+    ev += offline.feed(st.offline, heard_ms=ts)          # every channel, event clock
+
+and on every clock tick, for every device, ``advance(state, watermark_ms=...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from alerts.episodes import Action, Episode, EpisodeDetector, EpisodeEvent, EpisodeState
+
+__all__ = [
+    "GPS_FAULT_BITS",
+    "KINDS",
+    "AlertEvent",
+    "ClockSkew",
+    "DeviceFault",
+    "DeviceOffline",
+    "FaultState",
+    "OfflineState",
+    "OutOfHours",
+    "PanicButton",
+    "PanicState",
+    "RouteDeviation",
+    "SmokeAlarm",
+    "Speeding",
+    "severity",
+]
+
+_F64 = npt.NDArray[np.float64]
+_I64 = npt.NDArray[np.int64]
+_BOOL = npt.NDArray[np.bool_]
+
+#: Alert kinds of contract §3 with their severity.
+KINDS: Final[dict[str, str]] = {
+    "speeding": "major",
+    "route_deviation": "major",
+    "out_of_hours": "major",
+    "device_offline": "minor",
+    "smoke_alarm": "critical",
+    "panic_button": "critical",
+    "device_fault": "minor",
+    "clock_skew": "minor",
+}
+
+#: JT/T 808 alarm DWORD bits that are device faults, with the ``fault`` name each raises.
+GPS_FAULT_BITS: Final[dict[int, str]] = {
+    4: "gnss_fault",
+    5: "gnss_antenna_cut",
+    6: "gnss_antenna_short",
+    7: "undervoltage",
+    8: "power_off",
+}
+_EMERGENCY_BIT: Final = 0
+
+
+def severity(kind: str, device_kind: str | None = None) -> str:
+    """Severity of an alert kind; ``device_offline`` is major for a ``button`` device."""
+    if kind == "device_offline" and device_kind == "button":
+        return "major"
+    return KINDS[kind]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One change of one alert episode on one device.
+
+    ``action``: ``open`` (insert the alert, state active), ``update`` (refine:
+    a late reading moved ``started_at`` or ``ended_at``, or details grew),
+    ``close`` (state cleared; ``ended_at_ms`` set). ``number`` with ``kind``
+    and ``source`` identifies the episode within the device (``source`` is
+    the fault name for ``device_fault``, else ``None``). ``at_ms`` is the
+    event time of the decision: the reading at which it opened or closed
+    (for ``update``, the latest reading meeting the condition). ``details``
+    holds the contract's keys for the kind, JSON-ready.
+    """
+
+    kind: str
+    action: Action
+    number: int
+    source: str | None
+    started_at_ms: int
+    ended_at_ms: int | None
+    at_ms: int
+    late: bool
+    details: dict[str, Any]
+
+    @property
+    def key(self) -> tuple[str, str | None, int]:
+        """Identity of the episode within its device."""
+        return (self.kind, self.source, self.number)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _f64(a: npt.ArrayLike, n: int, name: str) -> _F64:
+    out = np.asarray(a, np.float64)
+    if out.ndim == 0:
+        return np.full(n, float(out))
+    if out.shape != (n,):
+        raise ValueError(f"{name}: expected shape ({n},), got {out.shape}")
+    return out
+
+
+def _bool(a: npt.ArrayLike | None, n: int, name: str, default: bool) -> _BOOL:
+    if a is None:
+        return np.full(n, default)
+    out = np.asarray(a, np.bool_)
+    if out.ndim == 0:
+        return np.full(n, bool(out))
+    if out.shape != (n,):
+        raise ValueError(f"{name}: expected shape ({n},), got {out.shape}")
+    return out
+
+
+def _ts(a: npt.ArrayLike) -> _I64:
+    out = np.asarray(a, np.int64)
+    if out.ndim != 1:
+        raise ValueError("ts_ms must be one-dimensional")
+    return out
+
+
+def _pos(lon: float, lat: float) -> list[float] | None:
+    if math.isnan(lon) or math.isnan(lat):
+        return None
+    return [round(lon, 7), round(lat, 7)]
+
+
+def _num(v: float, digits: int) -> float | None:
+    return None if math.isnan(v) else round(v, digits)
+
+
+def iso_utc(ts_ms: int) -> str:
+    """RFC 3339 text of an epoch-millisecond time, UTC with offset."""
+    return datetime.fromtimestamp(ts_ms / 1000.0, UTC).isoformat(timespec="milliseconds")
+
+
+def _at(ev: EpisodeEvent) -> int:
+    ep = ev.episode
+    if ev.action == "open":
+        return ep.opened_at_ms
+    if ev.action == "close" and ep.closed_at_ms is not None:
+        return ep.closed_at_ms
+    return ep.last_met_ms
+
+
+def _alerts(
+    kind: str,
+    events: list[EpisodeEvent],
+    details: Callable[[Episode], dict[str, Any]],
+    *,
+    source: str | None = None,
+) -> list[AlertEvent]:
+    return [
+        AlertEvent(
+            kind=kind,
+            action=ev.action,
+            number=ev.episode.number,
+            source=source,
+            started_at_ms=ev.episode.started_at_ms,
+            ended_at_ms=ev.episode.ended_at_ms,
+            at_ms=_at(ev),
+            late=ev.episode.late,
+            details=details(ev.episode),
+        )
+        for ev in events
+    ]
+
+
+def _track(ep: Episode) -> dict[str, Any]:
+    return {
+        "duration_s": round(ep.duration_s, 3),
+        "start": _pos(ep.start_lon, ep.start_lat),
+        "end": _pos(ep.end_lon, ep.end_lat),
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class _EpisodeRule:
+    """Shared plumbing: a detector built from the rule's timing fields."""
+
+    open_after_s: float
+    close_after_s: float
+    lateness_s: float = 30.0
+    max_gap_s: float | None = None
+    late_flush_after_s: float = 120.0
+
+    kind: ClassVar[str] = ""
+    #: Whether details change with every reading (duration, track): see EpisodeDetector.
+    progress: ClassVar[bool] = True
+
+    @functools.cached_property
+    def detector(self) -> EpisodeDetector:
+        """The generic detector with this rule's timing."""
+        return EpisodeDetector(
+            open_after_s=self.open_after_s,
+            close_after_s=self.close_after_s,
+            lateness_s=self.lateness_s,
+            max_gap_s=self.max_gap_s,
+            late_flush_after_s=self.late_flush_after_s,
+            report_progress=self.progress,
+        )
+
+    def new_state(self) -> EpisodeState:
+        """A fresh per-device state for this rule."""
+        return EpisodeState()
+
+    def _details(self, ep: Episode) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def advance(self, state: EpisodeState, *, watermark_ms: int) -> list[AlertEvent]:
+        """Move the device watermark; return what became certain (no readings needed)."""
+        return _alerts(
+            self.kind, self.detector.advance(state, watermark_ms=watermark_ms), self._details
+        )
+
+
+# -- 1. speeding --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Speeding(_EpisodeRule):
+    """``speeding``: speed > limit for >= 10 s; closes after speed <= limit for >= 10 s.
+
+    The caller gives ``limit_kmh`` per fix (lowest valid speed-zone limit;
+    NaN means none, so ``default_limit_kmh``). A fix without a speed (NaN)
+    neither meets nor clears. Details: ``max_speed_kmh`` and the
+    ``limit_kmh`` at that fix, ``duration_s``, ``start``/``end`` ``[lon, lat]``.
+    """
+
+    open_after_s: float = 10.0
+    close_after_s: float = 10.0
+    default_limit_kmh: float = 60.0
+    kind: ClassVar[str] = "speeding"
+
+    def feed(
+        self,
+        state: EpisodeState,
+        *,
+        ts_ms: npt.ArrayLike,
+        speed_kmh: npt.ArrayLike,
+        limit_kmh: npt.ArrayLike,
+        lon_deg: npt.ArrayLike | None = None,
+        lat_deg: npt.ArrayLike | None = None,
+        backfill: npt.ArrayLike | None = None,
+    ) -> list[AlertEvent]:
+        """Add a batch of fixes; return the alert events it makes certain."""
+        ts = _ts(ts_ms)
+        n = ts.shape[0]
+        speed = _f64(speed_kmh, n, "speed_kmh")
+        limit = _f64(limit_kmh, n, "limit_kmh")
+        limit = np.where(np.isnan(limit), self.default_limit_kmh, limit)
+        events = self.detector.feed(
+            state,
+            ts,
+            speed > limit,
+            clears=speed <= limit,
+            value=speed,
+            tag=limit,
+            lon_deg=lon_deg,
+            lat_deg=lat_deg,
+            backfill=backfill,
+        )
+        return _alerts(self.kind, events, self._details)
+
+    def _details(self, ep: Episode) -> dict[str, Any]:
+        return {
+            "max_speed_kmh": _num(ep.max_value, 1),
+            "limit_kmh": _num(ep.tag_at_max, 1),
+            **_track(ep),
+        }
+
+
+# -- 2. route deviation --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteDeviation(_EpisodeRule):
+    """``route_deviation``: outside every assigned corridor for >= 30 s, in service only.
+
+    Only fixes inside a service window on a school day and not covered by a
+    detour filing count; any other fix ends an open deviation at once (the
+    window ended, a detour began). Closes after >= 30 s back within a
+    corridor. ``within_corridor`` (from the geofence kernel, each route with
+    its own ``corridor_m``) decides; without it, ``distance_m >
+    default_corridor_m`` does. A fix with NaN ``distance_m`` and no
+    ``within_corridor`` is unknown (e.g. a bus without routes) and neutral.
+    Details: ``route_id`` (nearest route at the farthest fix: ``route_ids[
+    route_index]``), ``max_distance_m``, ``duration_s``, ``start``, ``end``.
+    """
+
+    open_after_s: float = 30.0
+    close_after_s: float = 30.0
+    default_corridor_m: float = 100.0
+    kind: ClassVar[str] = "route_deviation"
+
+    def feed(
+        self,
+        state: EpisodeState,
+        *,
+        ts_ms: npt.ArrayLike,
+        distance_m: npt.ArrayLike,
+        in_service_window: npt.ArrayLike,
+        school_day: npt.ArrayLike,
+        within_corridor: npt.ArrayLike | None = None,
+        route_index: npt.ArrayLike | None = None,
+        route_ids: Sequence[str] | None = None,
+        filing_covers: npt.ArrayLike | None = None,
+        lon_deg: npt.ArrayLike | None = None,
+        lat_deg: npt.ArrayLike | None = None,
+        backfill: npt.ArrayLike | None = None,
+    ) -> list[AlertEvent]:
+        """Add a batch of fixes; return the alert events it makes certain."""
+        ts = _ts(ts_ms)
+        n = ts.shape[0]
+        dist = _f64(distance_m, n, "distance_m")
+        in_service = (
+            _bool(in_service_window, n, "in_service_window", False)
+            & _bool(school_day, n, "school_day", False)
+            & ~_bool(filing_covers, n, "filing_covers", False)
+        )
+        if within_corridor is None:
+            known = ~np.isnan(dist)
+            outside = dist > self.default_corridor_m
+        else:
+            known = np.ones(n, np.bool_)
+            outside = ~_bool(within_corridor, n, "within_corridor", True)
+        tag = np.full(n, math.nan) if route_index is None else _f64(route_index, n, "route_index")
+        events = self.detector.feed(
+            state,
+            ts,
+            in_service & known & outside,
+            clears=in_service & known & ~outside,
+            ends=~in_service,
+            value=dist,
+            tag=tag,
+            lon_deg=lon_deg,
+            lat_deg=lat_deg,
+            backfill=backfill,
+        )
+        ids = None if route_ids is None else list(route_ids)
+        return _alerts(self.kind, events, lambda ep: self._route_details(ep, ids))
+
+    def advance(
+        self,
+        state: EpisodeState,
+        *,
+        watermark_ms: int,
+        window_end_ms: int | None = None,
+        route_ids: Sequence[str] | None = None,
+    ) -> list[AlertEvent]:
+        """Move the watermark; ``window_end_ms`` (a service window's end) closes a deviation.
+
+        Give ``window_end_ms`` once the watermark has passed the end of the
+        window the bus was in, so a deviation closes even if the bus falls
+        silent; a fix after that time would have closed it the same way.
+        """
+        events = self.detector.advance(state, watermark_ms=watermark_ms, cut_ms=window_end_ms)
+        ids = None if route_ids is None else list(route_ids)
+        return _alerts(self.kind, events, lambda ep: self._route_details(ep, ids))
+
+    def _route_details(self, ep: Episode, ids: list[str] | None) -> dict[str, Any]:
+        d = self._details(ep)
+        if ids is not None and not math.isnan(ep.tag_at_max) and 0 <= ep.tag_at_max < len(ids):
+            d["route_id"] = ids[int(ep.tag_at_max)]
+        return d
+
+    def _details(self, ep: Episode) -> dict[str, Any]:
+        route = None if math.isnan(ep.tag_at_max) or ep.tag_at_max < 0 else int(ep.tag_at_max)
+        max_d = None if math.isnan(ep.max_value) or math.isinf(ep.max_value) else ep.max_value
+        return {
+            "route_id": route,
+            "max_distance_m": None if max_d is None else round(max_d, 1),
+            **_track(ep),
+        }
+
+
+# -- 3. out of hours -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutOfHours(_EpisodeRule):
+    """``out_of_hours``: moving (>= 5 km/h) outside service for >= 60 s, no filing covering it.
+
+    "Outside service" is outside every service window, or any time on a
+    non-school day: ``~(in_service_window & school_day)``. Closes after
+    >= 120 s stationary (< 5 km/h), or at once when a window begins or a
+    movement filing starts covering the bus (both end the episode: the
+    movement is then accounted for). Details: ``duration_s``, ``distance_m``
+    travelled along the fixes from start to end, ``start``, ``end``.
+    """
+
+    open_after_s: float = 60.0
+    close_after_s: float = 120.0
+    moving_kmh: float = 5.0
+    kind: ClassVar[str] = "out_of_hours"
+
+    def feed(
+        self,
+        state: EpisodeState,
+        *,
+        ts_ms: npt.ArrayLike,
+        speed_kmh: npt.ArrayLike,
+        in_service_window: npt.ArrayLike,
+        school_day: npt.ArrayLike,
+        filing_covers: npt.ArrayLike | None = None,
+        lon_deg: npt.ArrayLike | None = None,
+        lat_deg: npt.ArrayLike | None = None,
+        backfill: npt.ArrayLike | None = None,
+    ) -> list[AlertEvent]:
+        """Add a batch of fixes; return the alert events it makes certain."""
+        ts = _ts(ts_ms)
+        n = ts.shape[0]
+        speed = _f64(speed_kmh, n, "speed_kmh")
+        in_service = _bool(in_service_window, n, "in_service_window", False) & _bool(
+            school_day, n, "school_day", False
+        )
+        stop = in_service | _bool(filing_covers, n, "filing_covers", False)
+        events = self.detector.feed(
+            state,
+            ts,
+            (speed >= self.moving_kmh) & ~stop,
+            clears=speed < self.moving_kmh,
+            ends=stop,
+            lon_deg=lon_deg,
+            lat_deg=lat_deg,
+            backfill=backfill,
+        )
+        return _alerts(self.kind, events, self._details)
+
+    def advance(
+        self, state: EpisodeState, *, watermark_ms: int, window_start_ms: int | None = None
+    ) -> list[AlertEvent]:
+        """Move the watermark; ``window_start_ms`` (a service window began) closes the episode."""
+        events = self.detector.advance(state, watermark_ms=watermark_ms, cut_ms=window_start_ms)
+        return _alerts(self.kind, events, self._details)
+
+    def _details(self, ep: Episode) -> dict[str, Any]:
+        d = _track(ep)
+        known = not math.isnan(ep.start_lon)
+        return {
+            "duration_s": d["duration_s"],
+            "distance_m": round(ep.path_m, 1) if known else None,
+            "start": d["start"],
+            "end": d["end"],
+        }
+
+
+# -- 4. device offline ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class OfflineState:
+    """Per-device state of :class:`DeviceOffline` (JSON-able through ``to_dict``).
+
+    ``offline_after_s``: the device's threshold. ``since_ms``: when counting
+    starts for a device never heard (registration, or first event time seen
+    under the event clock). ``last_final_ms``: latest heard time older than
+    the watermark (``None``: never heard); ``pending_ms``: heard times at or
+    after the watermark, sorted. ``episodes``: emitted episodes not final yet,
+    as ``[number, last_seen_ms or None, closed_at_ms or None]``.
+    """
+
+    offline_after_s: float
+    since_ms: int
+    last_final_ms: int | None = None
+    pending_ms: list[int] = field(default_factory=list)
+    watermark_ms: int | None = None
+    max_heard_ms: int | None = None
+    episodes: list[list[int | None]] = field(default_factory=list)
+    next_number: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> OfflineState:
+        """Inverse of :meth:`to_dict`."""
+        return OfflineState(**d)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceOffline:
+    """``device_offline``: nothing heard (any channel) for more than ``offline_after_s``.
+
+    ``started_at`` = last heard + ``offline_after_s`` (a device never heard
+    counts from ``since_ms``); details ``last_seen_at`` (RFC 3339, ``None``
+    if never heard) and ``threshold_s``; closes when the device is heard
+    again (``ended_at`` = that time). Heard times and watermark must use
+    one clock: event times with ``lateness_s`` under the event clock, or
+    receive times with ``lateness_s=0`` and ``watermark_ms`` = now under the
+    live clock. An episode opens as soon as it is certain: when the watermark
+    passes last heard + threshold (nothing older than the watermark can still
+    arrive), or when a batch shows a silence whose end is final. A heard time
+    already older than the watermark on arrival changes nothing (the
+    silence it would shorten was already decided).
+    """
+
+    lateness_s: float = 30.0
+    kind: ClassVar[str] = "device_offline"
+
+    #: Contract defaults of ``offline_after_s`` per device kind.
+    DEFAULT_OFFLINE_AFTER_S: ClassVar[dict[str, float]] = {
+        "gps": 300.0,
+        "button": 300.0,
+        "smoke": 900.0,
+    }
+
+    def new_state(self, *, offline_after_s: float, since_ms: int) -> OfflineState:
+        """A state for a device with its threshold, counting from ``since_ms`` until heard."""
+        return OfflineState(offline_after_s=offline_after_s, since_ms=since_ms)
+
+    def feed(self, state: OfflineState, *, heard_ms: npt.ArrayLike) -> list[AlertEvent]:
+        """Record that the device was heard at these times (any channel, any order)."""
+        hs = np.unique(_ts(heard_ms))
+        if hs.size == 0:
+            return []
+        if state.watermark_ms is not None:
+            hs = hs[hs >= state.watermark_ms]
+        if state.last_final_ms is not None:
+            hs = hs[hs > state.last_final_ms]
+        if hs.size == 0:
+            return []
+        pend = np.union1d(np.asarray(state.pending_ms, np.int64), hs)
+        state.pending_ms = [int(x) for x in pend]
+        top = int(pend[-1])
+        if state.max_heard_ms is None or top > state.max_heard_ms:
+            state.max_heard_ms = top
+        wm = state.max_heard_ms - round(self.lateness_s * 1000)
+        return self._settle(state, wm)
+
+    def advance(self, state: OfflineState, *, watermark_ms: int) -> list[AlertEvent]:
+        """Move the watermark (clock tick): opens when the silence becomes certain."""
+        return self._settle(state, watermark_ms)
+
+    def _settle(self, state: OfflineState, wm: int) -> list[AlertEvent]:
+        if state.watermark_ms is None or wm > state.watermark_ms:
+            state.watermark_ms = wm
+        wm = state.watermark_ms
+        thr_ms = round(state.offline_after_s * 1000)
+        # Episodes keyed by the last heard time before the silence (None: never heard).
+        found: list[tuple[int | None, int | None]] = []  # (last_seen, closed_at)
+        prev = state.last_final_ms
+        pend = state.pending_ms
+        k = 0
+        while k < len(pend) and pend[k] < wm:
+            h = pend[k]
+            if h - (state.since_ms if prev is None else prev) > thr_ms:
+                found.append((prev, h))
+            prev = h
+            k += 1
+        state.last_final_ms = prev
+        state.pending_ms = pend[k:]
+        base = state.since_ms if prev is None else prev
+        if wm - base > thr_ms:
+            found.append((prev, state.pending_ms[0] if state.pending_ms else None))
+        return self._reconcile(state, found, wm, thr_ms)
+
+    def _reconcile(
+        self,
+        state: OfflineState,
+        found: list[tuple[int | None, int | None]],
+        wm: int,
+        thr_ms: int,
+    ) -> list[AlertEvent]:
+        out: list[AlertEvent] = []
+        known = {e[1]: e for e in state.episodes}
+        keep: list[list[int | None]] = []
+        for last_seen, closed_at in found:
+            prev = known.pop(last_seen, None)
+            if prev is None:
+                number = state.next_number
+                state.next_number += 1
+                out.append(self._event(state, "open", number, last_seen, None, thr_ms))
+                if closed_at is not None:
+                    out.append(self._event(state, "close", number, last_seen, closed_at, thr_ms))
+            else:
+                number = int(prev[0])  # type: ignore[arg-type]
+                if prev[2] is None and closed_at is not None:
+                    out.append(self._event(state, "close", number, last_seen, closed_at, thr_ms))
+                elif prev[2] is not None and closed_at is not None and closed_at != prev[2]:
+                    out.append(self._event(state, "update", number, last_seen, closed_at, thr_ms))
+                elif prev[2] is not None and closed_at is None:
+                    closed_at = prev[2]  # a close is never undone
+            if closed_at is None or closed_at >= wm:
+                keep.append([number, last_seen, closed_at])
+        # Episodes not found again are final (their close is older than the watermark).
+        state.episodes = keep
+        return out
+
+    def _event(
+        self,
+        state: OfflineState,
+        action: Action,
+        number: int,
+        last_seen: int | None,
+        closed_at: int | None,
+        thr_ms: int,
+    ) -> AlertEvent:
+        started = (state.since_ms if last_seen is None else last_seen) + thr_ms
+        return AlertEvent(
+            kind=self.kind,
+            action=action,
+            number=number,
+            source=None,
+            started_at_ms=started,
+            ended_at_ms=closed_at,
+            at_ms=started if action == "open" else (closed_at or started),
+            late=False,
+            details={
+                "last_seen_at": None if last_seen is None else iso_utc(last_seen),
+                "threshold_s": state.offline_after_s,
+            },
+        )
+
+
+# -- 5. smoke alarm ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmokeAlarm(_EpisodeRule):
+    """``smoke_alarm``: opens on smoke ``state`` = ``alarm``, closes on ``normal``.
+
+    ``fault`` and ``test`` readings neither open nor close (a test never
+    alerts). Details: ``obscuration`` (the highest reported in the episode,
+    %/m, ``None`` if never reported).
+    """
+
+    open_after_s: float = 0.0
+    close_after_s: float = 0.0
+    kind: ClassVar[str] = "smoke_alarm"
+    progress: ClassVar[bool] = False
+
+    def feed(
+        self,
+        state: EpisodeState,
+        *,
+        ts_ms: npt.ArrayLike,
+        smoke_state: npt.ArrayLike,
+        obscuration: npt.ArrayLike | None = None,
+        backfill: npt.ArrayLike | None = None,
+    ) -> list[AlertEvent]:
+        """Add a batch of smoke readings (``smoke_state`` strings); return the alert events."""
+        ts = _ts(ts_ms)
+        n = ts.shape[0]
+        s = np.asarray(smoke_state)
+        events = self.detector.feed(
+            state,
+            ts,
+            s == "alarm",
+            clears=s == "normal",
+            value=None if obscuration is None else _f64(obscuration, n, "obscuration"),
+            backfill=backfill,
+        )
+        return _alerts(self.kind, events, self._details)
+
+    def _details(self, ep: Episode) -> dict[str, Any]:
+        return {"obscuration": _num(ep.max_value, 3)}
+
+
+# -- 6. panic button -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PanicState:
+    """Per-device state of :class:`PanicButton` (JSON-able through ``to_dict``).
+
+    ``bit``: episodes of gps alarm bit 0 being set (their starts are the
+    rising edges; carried across batches, so a bit held high opens once).
+    ``active``: the latched alert, ``[number, started_ms, last_edge_ms,
+    source, late]`` or ``None``. ``resolved_upto_ms``: edges at or before
+    this time belong to alerts already resolved.
+    """
+
+    bit: EpisodeState = field(default_factory=EpisodeState)
+    active: list[Any] | None = None
+    resolved_upto_ms: int | None = None
+    max_ts_ms: int | None = None
+    next_number: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {
+            "bit": self.bit.to_dict(),
+            "active": self.active,
+            "resolved_upto_ms": self.resolved_upto_ms,
+            "max_ts_ms": self.max_ts_ms,
+            "next_number": self.next_number,
+        }
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> PanicState:
+        """Inverse of :meth:`to_dict`."""
+        return PanicState(
+            bit=EpisodeState.from_dict(d["bit"]),
+            active=d["active"],
+            resolved_upto_ms=d["resolved_upto_ms"],
+            max_ts_ms=d["max_ts_ms"],
+            next_number=d["next_number"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PanicButton:
+    """``panic_button``: a button ``press``, or a rising edge of gps alarm bit 0; latched.
+
+    The alert opens at the first press/edge (``started_at``) and stays
+    active through later presses and edges, the button's ``reset`` and the
+    bit falling back to 0; only :meth:`resolve` (a person, through the API)
+    closes it, with ``ended_at`` = the last press/edge. A press or edge after
+    the resolution opens a new alert. Details: ``source`` (``button`` or
+    ``gps_alarm``, of the first press/edge). Never held back: a press is
+    certain the moment it arrives.
+    """
+
+    lateness_s: float = 30.0
+    kind: ClassVar[str] = "panic_button"
+
+    @functools.cached_property
+    def _bit_detector(self) -> EpisodeDetector:
+        return EpisodeDetector(
+            open_after_s=0, close_after_s=0, lateness_s=self.lateness_s, report_progress=False
+        )
+
+    def new_state(self) -> PanicState:
+        """A fresh per-device state."""
+        return PanicState()
+
+    def feed_button(
+        self,
+        state: PanicState,
+        *,
+        ts_ms: npt.ArrayLike,
+        event: npt.ArrayLike,
+        backfill: npt.ArrayLike | None = None,
+    ) -> list[AlertEvent]:
+        """Add button events (``press``/``reset``/``tamper``/``fault``/``restore``/``test``)."""
+        ts = _ts(ts_ms)
+        n = ts.shape[0]
+        press = np.asarray(event) == "press"
+        bf = _bool(backfill, n, "backfill", False)
+        self._seen(state, ts)
+        return self._edges(state, ts[press], bf[press], "button")
+
+    def feed_gps(
+        self,
+        state: PanicState,
+        *,
+        ts_ms: npt.ArrayLike,
+        alarm: npt.ArrayLike,
+        backfill: npt.ArrayLike | None = None,
+    ) -> list[AlertEvent]:
+        """Add fixes with their alarm DWORD (negative: the fix had none)."""
+        ts = _ts(ts_ms)
+        a = np.asarray(alarm, np.int64)
+        present = a >= 0
+        bit = present & ((a >> _EMERGENCY_BIT) & 1).astype(np.bool_)
+        self._seen(state, ts)
+        events = self._bit_detector.feed(
+            state.bit, ts, bit, clears=present & ~bit, backfill=backfill
+        )
+        return self._from_bit(state, events)
+
+    def advance(self, state: PanicState, *, watermark_ms: int) -> list[AlertEvent]:
+        """Move the watermark (finalizes buffered alarm-bit readings)."""
+        return self._from_bit(
+            state, self._bit_detector.advance(state.bit, watermark_ms=watermark_ms)
+        )
+
+    def resolve(self, state: PanicState, *, at_ms: int | None = None) -> list[AlertEvent]:
+        """A person resolved the alert: close it. ``at_ms``: event time of the resolution.
+
+        Presses and edges at or before ``at_ms`` (default: the newest event
+        time seen from the device) count as handled. No-op when none is active.
+        """
+        if state.active is None:
+            return []
+        number, started, last, source, late = state.active
+        at = state.max_ts_ms if at_ms is None else at_ms
+        at = last if at is None else max(at, last)
+        state.active = None
+        state.resolved_upto_ms = (
+            at if state.resolved_upto_ms is None else max(at, state.resolved_upto_ms)
+        )
+        return [self._event("close", number, started, last, source, late, closed=at)]
+
+    def _seen(self, state: PanicState, ts: _I64) -> None:
+        if ts.size:
+            top = int(ts.max())
+            if state.max_ts_ms is None or top > state.max_ts_ms:
+                state.max_ts_ms = top
+
+    def _from_bit(self, state: PanicState, events: list[EpisodeEvent]) -> list[AlertEvent]:
+        # A bit episode's start is a rising edge; a late reading may move it earlier
+        # (an update) or split the episode (a new open): both are edges to the latch.
+        opened = [ev.episode for ev in events if ev.action in ("open", "update")]
+        if not opened:
+            return []
+        ts = np.asarray([e.started_at_ms for e in opened], np.int64)
+        late = np.asarray([e.late for e in opened], np.bool_)
+        return self._edges(state, ts, late, "gps_alarm")
+
+    def _edges(self, state: PanicState, ts: _I64, late: _BOOL, source: str) -> list[AlertEvent]:
+        out: list[AlertEvent] = []
+        order = np.argsort(ts, kind="stable")
+        for t, lt in zip(ts[order].tolist(), late[order].tolist(), strict=True):
+            if state.resolved_upto_ms is not None and t <= state.resolved_upto_ms:
+                continue
+            if state.active is None:
+                number = state.next_number
+                state.next_number += 1
+                state.active = [number, t, t, source, bool(lt)]
+                out.append(self._event("open", number, t, t, source, bool(lt)))
+                continue
+            number, started, last, src, was_late = state.active
+            if t < started or t > last:
+                state.active = [
+                    number,
+                    min(started, t),
+                    max(last, t),
+                    source if t < started else src,
+                    bool(lt) if t < started else was_late,
+                ]
+                out.append(self._event("update", *state.active))
+        return out
+
+    def _event(
+        self,
+        action: Action,
+        number: int,
+        started: int,
+        last: int,
+        source: str,
+        late: bool,
+        *,
+        closed: int | None = None,
+    ) -> AlertEvent:
+        return AlertEvent(
+            kind=self.kind,
+            action=action,
+            number=number,
+            source=None,
+            started_at_ms=started,
+            ended_at_ms=None if closed is None else last,
+            at_ms={"open": started, "update": last}.get(action, closed or last),
+            late=late,
+            details={"source": source},
+        )
+
+
+# -- 7. device fault -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FaultState:
+    """Per-device state of :class:`DeviceFault`: one episode state per fault source."""
+
+    sources: dict[str, EpisodeState] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {"sources": {k: v.to_dict() for k, v in self.sources.items()}}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> FaultState:
+        """Inverse of :meth:`to_dict`."""
+        return FaultState({k: EpisodeState.from_dict(v) for k, v in d["sources"].items()})
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceFault:
+    """``device_fault``: one episode per fault source, named in ``source`` and ``fault``.
+
+    Sources: ``smoke_fault`` (smoke ``fault`` until ``normal``),
+    ``button_tamper`` and ``button_fault`` (until ``restore``), and the gps
+    alarm bits 4–8 (:data:`GPS_FAULT_BITS`; a rising edge opens, the bit back
+    to 0 closes; the bit's level is carried across batches, so a bit held
+    high opens once). Other readings of the device neither open nor close.
+    """
+
+    lateness_s: float = 30.0
+    kind: ClassVar[str] = "device_fault"
+
+    @functools.cached_property
+    def _detector(self) -> EpisodeDetector:
+        return EpisodeDetector(
+            open_after_s=0, close_after_s=0, lateness_s=self.lateness_s, report_progress=False
+        )
+
+    def new_state(self) -> FaultState:
+        """A fresh per-device state."""
+        return FaultState()
+
+    def feed_smoke(
+        self,
+        state: FaultState,
+        *,
+        ts_ms: npt.ArrayLike,
+        smoke_state: npt.ArrayLike,
+        backfill: npt.ArrayLike | None = None,
+    ) -> list[AlertEvent]:
+        """Add smoke readings (``state`` strings)."""
+        s = np.asarray(smoke_state)
+        return self._source(state, "smoke_fault", ts_ms, s == "fault", s == "normal", backfill)
+
+    def feed_button(
+        self,
+        state: FaultState,
+        *,
+        ts_ms: npt.ArrayLike,
+        event: npt.ArrayLike,
+        backfill: npt.ArrayLike | None = None,
+    ) -> list[AlertEvent]:
+        """Add button events; ``restore`` clears both tamper and fault."""
+        e = np.asarray(event)
+        restore = e == "restore"
+        out = self._source(state, "button_tamper", ts_ms, e == "tamper", restore, backfill)
+        out += self._source(state, "button_fault", ts_ms, e == "fault", restore, backfill)
+        return out
+
+    def feed_gps(
+        self,
+        state: FaultState,
+        *,
+        ts_ms: npt.ArrayLike,
+        alarm: npt.ArrayLike,
+        backfill: npt.ArrayLike | None = None,
+    ) -> list[AlertEvent]:
+        """Add fixes with their alarm DWORD (negative: the fix had none)."""
+        a = np.asarray(alarm, np.int64)
+        present = a >= 0
+        out: list[AlertEvent] = []
+        for bit, name in GPS_FAULT_BITS.items():
+            on = present & ((a >> bit) & 1).astype(np.bool_)
+            if name not in state.sources and not on.any():
+                continue  # never raised: no state needed until the bit first rises
+            out += self._source(state, name, ts_ms, on, present & ~on, backfill)
+        return out
+
+    def advance(self, state: FaultState, *, watermark_ms: int) -> list[AlertEvent]:
+        """Move the watermark for every source."""
+        out: list[AlertEvent] = []
+        for name, st in state.sources.items():
+            events = self._detector.advance(st, watermark_ms=watermark_ms)
+            out += _alerts(self.kind, events, _fault_details(name), source=name)
+        return out
+
+    def _source(
+        self,
+        state: FaultState,
+        name: str,
+        ts_ms: npt.ArrayLike,
+        on: _BOOL,
+        off: _BOOL,
+        backfill: npt.ArrayLike | None,
+    ) -> list[AlertEvent]:
+        st = state.sources.get(name)
+        if st is None:
+            if not on.any():
+                return []
+            st = state.sources[name] = EpisodeState()
+        events = self._detector.feed(st, _ts(ts_ms), on, clears=off, backfill=backfill)
+        return _alerts(self.kind, events, _fault_details(name), source=name)
+
+
+def _fault_details(name: str) -> Callable[[Episode], dict[str, Any]]:
+    return lambda _ep: {"fault": name}
+
+
+# -- 8. clock skew -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClockSkew(_EpisodeRule):
+    """``clock_skew``: the device's ``ts`` differs from receive time by > 300 s (live clock only).
+
+    Evaluated on the receive-time axis (``started_at`` is the receive time of
+    the first skewed message), because a skewed device clock is exactly what
+    makes its own ``ts`` untrustworthy; backfilled readings are old on
+    purpose and neither open nor close. For a message carrying several
+    fixes, the newest fix represents it. Under the event clock, :meth:`feed`
+    does nothing. Details: ``skew_s`` (``ts - received``, the largest in
+    magnitude).
+    """
+
+    open_after_s: float = 0.0
+    close_after_s: float = 0.0
+    max_skew_s: float = 300.0
+    kind: ClassVar[str] = "clock_skew"
+    progress: ClassVar[bool] = False
+
+    def feed(
+        self,
+        state: EpisodeState,
+        *,
+        ts_ms: npt.ArrayLike,
+        received_ms: npt.ArrayLike,
+        live_clock: bool,
+        backfill: npt.ArrayLike | None = None,
+    ) -> list[AlertEvent]:
+        """Add readings with their receive times; return the alert events."""
+        if not live_clock:
+            return []
+        ts = _ts(ts_ms)
+        n = ts.shape[0]
+        rx = _ts(received_ms)
+        if rx.shape != (n,):
+            raise ValueError("received_ms must match ts_ms")
+        live = ~_bool(backfill, n, "backfill", False)
+        ts, rx = ts[live], rx[live]
+        if ts.size == 0:
+            return []
+        # One reading per message (receive time): the newest fix in it.
+        order = np.lexsort((ts, rx))
+        ts, rx = ts[order], rx[order]
+        last = np.ones(ts.shape[0], np.bool_)
+        last[:-1] = rx[1:] != rx[:-1]
+        ts, rx = ts[last], rx[last]
+        skew_s = (ts - rx) / 1000.0
+        skewed = np.abs(skew_s) > self.max_skew_s
+        events = self.detector.feed(
+            state, rx, skewed, clears=~skewed, value=np.abs(skew_s), tag=skew_s
+        )
+        return _alerts(self.kind, events, self._details)
+
+    def _details(self, ep: Episode) -> dict[str, Any]:
+        return {"skew_s": _num(ep.tag_at_max, 3)}
