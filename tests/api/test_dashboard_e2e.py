@@ -163,14 +163,11 @@ def press_by_mqtt(settings: Settings, service: dict[str, Any], device: str) -> N
     )
 
 
-def press_by_store(_settings: Settings, service: dict[str, Any], device: str) -> None:
-    """The ``panic_button`` episode the engine would store for a press, committed directly."""
-    change = EpisodeChange(
-        "open", "panic_button", device, datetime.now(UTC), details={"source": "button"}
-    )
+def store_episode(database_url: str, change: EpisodeChange) -> None:
+    """Commit one episode change as the alerts engine does (NOTIFY included)."""
 
     async def write() -> None:
-        conn = await asyncpg.connect(service["database_url"])
+        conn = await asyncpg.connect(database_url)
         try:
             async with conn.transaction():
                 await apply_changes(conn, [change])
@@ -180,6 +177,14 @@ def press_by_store(_settings: Settings, service: dict[str, Any], device: str) ->
     # Playwright's sync API keeps an event loop running in this thread.
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, write()).result(10)
+
+
+def press_by_store(_settings: Settings, service: dict[str, Any], device: str) -> None:
+    """The ``panic_button`` episode the engine would store for a press, committed directly."""
+    change = EpisodeChange(
+        "open", "panic_button", device, datetime.now(UTC), details={"source": "button"}
+    )
+    store_episode(service["database_url"], change)
 
 
 #: Until the alerts engine runs inside ``anxiao serve``, the press is stored
@@ -295,3 +300,38 @@ def test_monitoring_room_end_to_end(service: dict[str, Any], broker: Settings, p
     expect(page.locator(".rate-button .rate-label")).to_have_text("Panic buttons online")
     expect(page.locator('[data-count="moving"]')).to_have_text("1")
     page.screenshot(path=str(ARTIFACTS / "dashboard-en.png"))
+
+
+def test_school_sees_its_own_and_cannot_decide(
+    server: str, world: dict[str, Any], database_url: str, page: Page
+) -> None:
+    """A school's token: its own devices only, no fleet filters, no ack/resolve buttons."""
+    a = world["a"]
+    page.goto(server + "/")
+    page.fill("#token-input", world["tokens"]["school_a"])
+    page.click("#login-submit")
+    expect(page.locator("#stream-status")).to_have_attribute("data-state", "live")
+    expect(page.locator("#who")).to_contain_text(f"学校 · S001-{a}")
+    expect(page.locator("#filter-district")).to_be_hidden()  # the fleet is not for schools
+    # Its one button (last heard an hour ago) is offline; the other school's are not counted.
+    expect(page.locator(".rate-button .rate-count")).to_have_text("0 / 1")
+    expect(page.locator(f'#health-offline li[data-device="BTN-S001-1-{a}"]')).to_be_visible()
+    expect(
+        page.locator(f'#health-offline li[data-device="BTN-S001-1-{world["b"]}"]')
+    ).to_have_count(0)
+    # An alert of its own arrives live, without the buttons only monitor and admin may use.
+    key = f"e2e-{time.monotonic_ns()}"  # a fault source of its own: no other test's episode
+    change = EpisodeChange(
+        "open",
+        "device_fault",
+        f"SMK-S001-1-{a}",
+        datetime.now(UTC),
+        details={"fault": "smoke"},
+        episode_key=key,
+    )
+    store_episode(database_url, change)
+    item = page.locator(f'#alert-queue li[data-kind="device_fault"]:has-text("SMK-S001-1-{a}")')
+    expect(item.first).to_be_visible()
+    expect(item.first.locator('button[data-action="locate"]')).to_be_visible()
+    expect(page.locator('#alert-queue button[data-action="ack"]')).to_have_count(0)
+    expect(page.locator('#alert-queue button[data-action="resolve"]')).to_have_count(0)

@@ -132,6 +132,8 @@ function start(api, me) {
   on("fleet", () => {
     map.drawFleet(state.fleet);
     map.fit(true);
+    queue.render(); // names of schools and plates of buses are known now
+    health.render();
   });
   on("buses", () => {
     map.refreshStates();

@@ -277,7 +277,12 @@ export class MapView {
     this.track = L.layerGroup([line, start, end, cursor]).addTo(this.map);
     this.track.cursor = cursor;
     line.getElement()?.classList.add("track-line");
-    this.map.fitBounds(line.getBounds().pad(0.2), { maxZoom: 17 });
+    // Room at the bottom for the playback panel that covers the map there.
+    this.map.fitBounds(line.getBounds(), {
+      paddingTopLeft: [40, 40],
+      paddingBottomRight: [40, 220],
+      maxZoom: 17,
+    });
   }
 
   setTrackCursor(point) {

@@ -137,13 +137,13 @@ function busOnline(bus, nowMs) {
     const seenMs = device.last_seen_at ? Date.parse(device.last_seen_at) : null;
     return seenMs !== null && nowMs - seenMs <= afterMs + 1000;
   }
-  return bus.tsMs !== null && nowMs - bus.tsMs <= afterMs;
+  return bus.tsMs !== null && bus.tsMs !== undefined && nowMs - bus.tsMs <= afterMs;
 }
 
 /** "alert" | "offline" | "moving" | "stopped". */
 export function busState(bus, nowMs = Date.now()) {
   if (busAlerts(bus.id).length) return "alert";
-  if (bus.lon === null || bus.lon === undefined || !busOnline(bus, nowMs)) return "offline";
+  if (!busOnline(bus, nowMs)) return "offline";
   return (bus.speedKmh ?? 0) >= MOVING_KMH ? "moving" : "stopped";
 }
 
