@@ -143,6 +143,9 @@ class MqttReceiver:
         self._fd: int | None = None
         self._writing = False
         self._reading = False
+        self._discarding = False
+        self._confirm: asyncio.Future[None] | None = None
+        self._confirm_mid = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._client = self._make_client()
@@ -234,20 +237,42 @@ class MqttReceiver:
         self._wake.set()
 
     async def close(self, *, timeout_s: float = 5.0) -> None:
-        """Send the queued acknowledgements, disconnect (the session stays), stop."""
+        """Make sure the broker has the acknowledgements, disconnect (the session stays).
+
+        Closing a socket that still has unread data makes the kernel send a
+        reset, and a reset makes the broker drop what it has not read yet --
+        the last acknowledgements among it. Since ingest stopped reading while
+        the broker kept sending, that data is there. So before disconnecting,
+        ingest subscribes once more to its (unchanged) filter and waits for
+        the SUBACK: the broker handles a client's packets in order, so the
+        SUBACK means every PUBACK before it counted. Messages that arrive
+        meanwhile are dropped unacknowledged; the broker redelivers them to
+        the next session.
+        """
         self._closed = True
         self._lost.set()
         self._stopping.set()
-        deadline = time.monotonic() + timeout_s
         client = self._client
+        loop = asyncio.get_running_loop()
+        if self._connected and self._fd is not None:
+            self._discarding = True
+            if not self._reading:
+                loop.add_reader(self._fd, self._on_readable)
+                self._reading = True
+            confirmed: asyncio.Future[None] = loop.create_future()
+            self._confirm = confirmed
+            options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            _, mid = client.subscribe(self.topic_filter, options=options)
+            self._confirm_mid = -1 if mid is None else mid
+            try:
+                await asyncio.wait_for(asyncio.shield(confirmed), timeout_s)
+            except (TimeoutError, BrokerError):
+                log.warning("broker did not confirm the last acknowledgements; it may redeliver")
+            finally:
+                self._confirm = None
         if self._connected:
-            # Acks first: the broker must have them before DISCONNECT.
-            while client.want_write() and time.monotonic() < deadline:
-                if client.loop_write() != mqtt.MQTT_ERR_SUCCESS:
-                    break
-                if client.want_write():
-                    await asyncio.sleep(0.005)
             client.disconnect()
+            deadline = time.monotonic() + timeout_s
             while client.want_write() and time.monotonic() < deadline:
                 if client.loop_write() != mqtt.MQTT_ERR_SUCCESS:
                     break
@@ -319,6 +344,8 @@ class MqttReceiver:
         except BrokerError:
             self._unregister()
             raise
+        finally:
+            self._connack = None
 
     def _on_connect(
         self,
@@ -349,10 +376,13 @@ class MqttReceiver:
         self,
         _client: mqtt.Client,
         _userdata: object,
-        _mid: int,
+        mid: int,
         reasons: list[ReasonCode],
         _properties: Properties | None,
     ) -> None:
+        confirm = self._confirm
+        if confirm is not None and mid == self._confirm_mid and not confirm.done():
+            confirm.set_result(None)
         refused = [reason for reason in reasons if reason.is_failure]
         if refused:
             log.error("broker refused the subscription to %s: %s", self.topic_filter, refused[0])
@@ -378,15 +408,17 @@ class MqttReceiver:
         self._unregister()
         if was_connected and not self._closed:
             log.warning("MQTT disconnected: %s", reason)
-        future = self._connack
-        if future is not None and not future.done():
-            future.set_exception(BrokerError(f"disconnected before CONNACK: {reason}"))
+        for future in (self._connack, self._confirm):
+            if future is not None and not future.done():
+                future.set_exception(BrokerError(f"disconnected: {reason}"))
         self._lost.set()
         self._wake.set()
 
     def _on_message(
         self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage
     ) -> None:
+        if self._discarding:
+            return  # closing: unacknowledged, so the broker redelivers it later
         inbox = self._inbox
         if not inbox.topics:
             inbox.opened_at = time.monotonic()

@@ -195,8 +195,8 @@ def publish_all(
     client_id: str,
     window: int = 500,
     deadline_s: float = 180.0,
-) -> None:
-    """Publish at QoS 1 until the broker acknowledged every message.
+) -> int:
+    """Publish at QoS 1 until the broker acknowledged every message; return how many twice.
 
     Window by window; a window that is not fully acknowledged (say the broker
     restarted) is published again on a new connection -- duplicates are the
@@ -205,6 +205,7 @@ def publish_all(
     deadline = time.monotonic() + deadline_s
     client: mqtt.Client | None = None
     start = 0
+    repeated = 0
     while start < len(messages):
         if time.monotonic() > deadline:
             raise AssertionError(f"published only {start} of {len(messages)} messages")
@@ -218,6 +219,7 @@ def publish_all(
                     raise TimeoutError("window not acknowledged")
             start += window
         except (ConnectionError, OSError, RuntimeError, ValueError):
+            repeated += min(window, len(messages) - start)
             if client is not None:
                 client.loop_stop()
                 with contextlib.suppress(Exception):
@@ -227,6 +229,7 @@ def publish_all(
     if client is not None:
         client.disconnect()
         client.loop_stop()
+    return repeated
 
 
 class BackgroundPublisher(threading.Thread):
@@ -236,10 +239,12 @@ class BackgroundPublisher(threading.Thread):
         super().__init__(daemon=True, name=f"publisher-{client_id}")
         self.url, self.messages, self.client_id = url, messages, client_id
         self.error: BaseException | None = None
+        #: Messages published again after a window went unacknowledged.
+        self.repeated = 0
 
     def run(self) -> None:
         try:
-            publish_all(self.url, self.messages, client_id=self.client_id)
+            self.repeated = publish_all(self.url, self.messages, client_id=self.client_id)
         except BaseException as exc:
             self.error = exc
 

@@ -201,5 +201,6 @@ def test_sigterm_commits_and_acknowledges_what_it_holds(
     assert first["anxiao_ingest_pending_messages"] == 0
     # Everything the first run received was committed and acknowledged before
     # it exited, so the broker redelivered none of it to the second run.
+    assert run.publisher.repeated == 0, "the publisher itself sent duplicates"
     assert second['anxiao_ingest_duplicates_total{channel="gps"}'] == 0
     assert second["anxiao_ingest_messages_received_total"] == MESSAGES - received
