@@ -7,7 +7,7 @@
 
 import { AlertQueue } from "./alerts.js";
 import { Api, forgetToken, storedToken, storeToken } from "./api.js";
-import { toast } from "./dom.js";
+import { perFrame, toast } from "./dom.js";
 import { Filters } from "./filters.js";
 import { HealthPanel } from "./health.js";
 import { applyTexts, currentLang, onLangChange, setLang, setTimeZone, t } from "./i18n.js";
@@ -113,9 +113,7 @@ function start(api, me) {
   document.getElementById("playback-open").addEventListener("click", () => playback.open());
   filters.render();
 
-  let summaryTimer = null;
   const summary = () => {
-    summaryTimer = null;
     const counts = { moving: 0, stopped: 0, offline: 0, alert: 0 };
     const now = Date.now();
     for (const bus of state.buses.values()) {
@@ -125,22 +123,24 @@ function start(api, me) {
       document.querySelector(`[data-count=${key}]`).textContent = String(value);
     }
   };
-  const summarySoon = () => {
-    summaryTimer ??= requestAnimationFrame(summary); // once per frame, however many updates
-  };
+  // A burst of stream events redraws once per frame, not once per event.
+  const summarySoon = perFrame(summary);
+  const refreshMapSoon = perFrame(() => map.refreshStates());
+  const renderQueueSoon = perFrame(() => queue.render());
+  const renderHealthSoon = perFrame(() => health.render());
 
   on("fleet", () => {
     map.drawFleet(state.fleet);
     map.fit(true);
-    queue.render(); // names of schools and plates of buses are known now
-    health.render();
+    renderQueueSoon(); // names of schools and plates of buses are known now
+    renderHealthSoon();
   });
   on("buses", () => {
-    map.refreshStates();
+    refreshMapSoon();
     summarySoon();
   });
-  on("alerts", () => queue.render());
-  on("devices", () => health.render());
+  on("alerts", renderQueueSoon);
+  on("devices", renderHealthSoon);
   on("filters", () => {
     map.applyFilters();
     map.fit(true);

@@ -30,3 +30,16 @@ export function toast(message, { error = false, ms = 3500 } = {}) {
     box.hidden = true;
   }, ms);
 }
+
+/** `fn` wrapped so that many calls within one frame run it once, on the next frame. */
+export function perFrame(fn) {
+  let pending = false;
+  return () => {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => {
+      pending = false;
+      fn();
+    });
+  };
+}
