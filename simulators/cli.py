@@ -16,7 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from simulators._time import format_rfc3339, parse_duration_s, parse_speed_factor
+from simulators._time import (
+    format_rfc3339,
+    local_datetime,
+    parse_duration_s,
+    parse_speed_factor,
+)
 from simulators.scenarios import CATALOG, DEFAULT_SCENARIOS
 from simulators.stream import DEFAULT_START, RunSpec, Simulation, simulate
 
@@ -42,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--start",
         default=DEFAULT_START,
-        help=f"事件时间起点 RFC 3339 start of event time, or 'now' (default {DEFAULT_START})",
+        help=f"事件时间起点 RFC 3339 start, 'today' (06:00) or 'now' (default {DEFAULT_START})",
     )
     p.add_argument("--seed", type=int, default=7, help="随机种子 seed (default 7)")
     p.add_argument(
@@ -109,8 +114,10 @@ def main(argv: list[str]) -> int:
     try:
         start = args.start
         if start == "now":
-            now_ms = int(time.time()) * 1000
-            start = format_rfc3339(now_ms)
+            start = format_rfc3339(int(time.time()) * 1000)
+        elif start == "today":
+            today = local_datetime(int(time.time()) * 1000).date()
+            start = f"{today.isoformat()}T06:00:00+08:00"
         spec = RunSpec(
             buses=args.buses,
             schools=args.schools,

@@ -520,6 +520,15 @@ def _random_blinds(
     return out
 
 
+def _dumps(obj: Any) -> bytes:
+    """Serialise to JSON as an exact-size bytes object.
+
+    ``orjson.dumps`` returns bytes backed by a 4 KiB allocation however short
+    the text; millions of kept payloads would need gigabytes, so copy once.
+    """
+    return bytes(memoryview(orjson.dumps(obj)))
+
+
 def _deliver(
     city: City,
     spec: RunSpec,
@@ -556,7 +565,7 @@ def _deliver(
     topics = {c: topic_for(device.id, c) for c in ("gps", "heartbeat", "smoke", "button")}
     gps_topic = topics["gps"]
     add = out.add
-    dumps = orjson.dumps
+    dumps = _dumps
     fields = r.fields
 
     def emit(at_ms: int, topic: str, payload: bytes, members: list[int], again: bool) -> None:
