@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -57,6 +58,15 @@ DEVICES = 200
 RECEIVE_MAXIMUM = 20000
 TOPIC = "anxiao/v1/dev/+/+"
 DRAIN_TIMEOUT_S = 300.0
+
+
+@dataclass
+class Drain:
+    """Progress of one consumer: readings seen, first and last times (seconds)."""
+
+    seen: int = 0
+    first: float = 0.0
+    last: float = 0.0
 
 
 # ------------------------------------------------------------------ the stream
@@ -138,7 +148,7 @@ def connect(url: MqttUrl, client_id: str, *, clean: bool, expiry_s: int) -> mqtt
         CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
     )
     client.username_pw_set(url.username, url.password)
-    properties = Properties(PacketTypes.CONNECT)
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = expiry_s
     properties.ReceiveMaximum = RECEIVE_MAXIMUM
     answered = threading.Event()
@@ -194,18 +204,18 @@ def publish(settings: Settings, kind: str, count: int, base_ms: int, prefix: str
 def broker_baseline(url: MqttUrl, client_id: str, count: int, prefix: str) -> float:
     """Messages per second a bare paho subscriber drains (ack each, nothing else)."""
     topic_prefix = f"anxiao/v1/dev/{prefix}"
-    state = {"seen": 0, "first": 0.0, "last": 0.0}
+    state = Drain()
     done = threading.Event()
 
     def on_message(client: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         client.ack(message.mid, message.qos)
         if not message.topic.startswith(topic_prefix):
             return  # other traffic on the shared stack broker
-        if state["seen"] == 0:
-            state["first"] = time.perf_counter()
-        state["seen"] += 1
-        if state["seen"] == count:
-            state["last"] = time.perf_counter()
+        if state.seen == 0:
+            state.first = time.perf_counter()
+        state.seen += 1
+        if state.seen == count:
+            state.last = time.perf_counter()
             done.set()
 
     client = mqtt.Client(
@@ -213,7 +223,7 @@ def broker_baseline(url: MqttUrl, client_id: str, count: int, prefix: str) -> fl
     )
     client.username_pw_set(url.username, url.password)
     client.on_message = on_message
-    properties = Properties(PacketTypes.CONNECT)
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = 600
     properties.ReceiveMaximum = RECEIVE_MAXIMUM
     client.connect(url.host, url.port, clean_start=False, properties=properties)
@@ -222,21 +232,21 @@ def broker_baseline(url: MqttUrl, client_id: str, count: int, prefix: str) -> fl
     client.disconnect()
     client.loop_stop()
     if not finished:
-        raise RuntimeError(f"baseline subscriber got {state['seen']} of {count}")
-    return count / (state["last"] - state["first"])
+        raise RuntimeError(f"baseline subscriber got {state.seen} of {count}")
+    return count / (state.last - state.first)
 
 
 async def ingest_drain(config: IngestConfig, rows: int) -> float:
     """Rows per second ingest stores: first receive to last commit + ack."""
-    state = {"rows": 0, "first_ms": None, "last": 0.0}
+    state = Drain()
     done = asyncio.Event()
 
     async def hook(batch: IngestBatch) -> None:
-        if len(batch.gps) and state["first_ms"] is None:
-            state["first_ms"] = int(batch.gps.received_ms.min())
-        state["rows"] += int(batch.gps.new.sum())
-        if state["rows"] >= rows:
-            state["last"] = time.time()
+        if len(batch.gps) and state.seen == 0:
+            state.first = float(batch.gps.received_ms.min()) / 1000
+        state.seen += int(batch.gps.new.sum())
+        if state.seen >= rows:
+            state.last = time.time()
             done.set()
 
     ingestor = Ingestor(config, hook=hook)
@@ -246,8 +256,7 @@ async def ingest_drain(config: IngestConfig, rows: int) -> float:
     finally:
         ingestor.stop()
         await task
-    assert state["first_ms"] is not None
-    return rows / (state["last"] - state["first_ms"] / 1000)
+    return rows / (state.last - state.first)
 
 
 def copy_baseline(database_url: str, keys: np.ndarray, rows: dict[str, np.ndarray]) -> float:
@@ -290,7 +299,7 @@ def copy_baseline(database_url: str, keys: np.ndarray, rows: dict[str, np.ndarra
                     copy.write(stream)
         elapsed = time.perf_counter() - started
         conn.execute("TRUNCATE gps_fixes")
-    return count / elapsed
+    return float(count / elapsed)
 
 
 # ----------------------------------------------------------------------- main
@@ -311,7 +320,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         migrate(database_url=database_url)
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(
-                "INSERT INTO devices (id, kind) SELECT %s || g, 'gps' FROM generate_series(0, %s) g",
+                "INSERT INTO devices (id, kind)"
+                " SELECT %s || g, 'gps' FROM generate_series(0, %s) g",
                 (prefix, DEVICES - 1),
             )
             keys = np.array(

@@ -446,7 +446,7 @@ def mutated(channel: str) -> st.SearchStrategy[dict[str, Any]]:
 
     pick = st.sampled_from(list(VALID[channel])).flatmap(field_and_value)
     return st.builds(
-        lambda reading, picked, drop: change(reading, *picked, drop),
+        lambda reading, picked, drop: change(reading, picked[0], picked[1], drop),
         valid(channel),
         pick,
         st.booleans(),

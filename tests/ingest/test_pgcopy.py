@@ -19,7 +19,7 @@ async def copy_and_read(database_url: str, columns: list[CopyColumn], rows: int)
         )
         await conn.copy_to_table(
             "t",
-            source=encode_copy(columns, rows),
+            source=encode_copy(columns, rows),  # type: ignore[arg-type]  # stubs lag asyncpg
             columns=[c.name for c in columns],
             format="binary",
         )
