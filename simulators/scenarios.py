@@ -312,11 +312,13 @@ class Planner:
                 mid = self._index(leg, (s_lo + s_hi) / 2)
                 if not self._in_temporary_zone(leg, mid):
                     continue
-            plan = self.plans[leg.bus]
-            # The platform asks for 1–2 s tracking (JT/T 808 0x8202) on this bus.
-            plan.interval_s = min(plan.interval_s, 2)
             if not self._tune_speeding(leg, s_lo, s_hi, limit_of_zone, margin_kmh, target_s):
+                leg.overrides, leg.clear = [], []  # leave the leg as it was
+                leg.invalidate()
                 continue
+            # The platform asks for 1–2 s tracking (JT/T 808 0x8202) on this bus.
+            plan = self.plans[leg.bus]
+            plan.interval_s = min(plan.interval_s, 2)
             leg.scenario = name
             i0, i1, _v = leg.overrides[0]
             s0, s1 = float(leg.path.s_m[i0]), float(leg.path.s_m[i1])

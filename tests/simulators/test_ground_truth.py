@@ -197,3 +197,23 @@ def test_filings_are_post_bodies(run):
         assert f["kind"] in ("movement", "detour")
         assert parse_time(f["from"]) < parse_time(f["to"])
         assert f["bus"] in {b["id"] for b in sim.fleet["buses"]}
+
+
+@pytest.mark.parametrize(("seed", "buses", "schools"), [(1, 8, 3), (2, 6, 2), (3, 12, 4)])
+def test_ground_truth_holds_for_other_seeds(seed, buses, schools):
+    """The same checks on the stream itself (no broker), for other cities."""
+    sim = simulate(
+        RunSpec(buses=buses, schools=schools, seed=seed, start=FRIDAY, duration_s=28 * 3600)
+    )
+    assert sim.skipped == []
+    assert [r for r in sim.ground_truth if "intended" in r] == []
+    found = Reference(sim.fleet, sim.filings).detect(
+        readings_by_device([(m.topic, m.payload) for m in sim.messages])
+    )
+    expected = {
+        (r["device"], r["kind"], _ms(r["start"]), _ms(r["end"]))
+        for r in sim.ground_truth
+        if r["expected"] == "alert" and r["kind"] != "clock_skew"
+    }
+    got = {(f.device, f.kind, f.start_ms, f.end_ms) for f in found if not f.filed}
+    assert got == expected
