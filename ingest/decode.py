@@ -544,10 +544,13 @@ def _optional_number(
     low: float,
     high: float,
     *,
+    present: set[str],
     high_open: bool = False,
     integral: bool = False,
 ) -> NDArray[np.float64]:
     """Check an optional number field; NaN where absent."""
+    if name not in present:  # no object of the chunk has it: nothing to look at
+        return np.full(len(objects), np.nan)
     values = _field(objects, name)
     column, state = _numbers(values)
     problems.flag(state == _BAD, "out_of_range", f"{name} is not a number", values)
@@ -561,8 +564,10 @@ def _optional_number(
 
 
 def _optional_dword(
-    problems: _Problems, objects: list[dict[str, object]], name: str
+    problems: _Problems, objects: list[dict[str, object]], name: str, *, present: set[str]
 ) -> NDArray[np.int64]:
+    if name not in present:
+        return np.full(len(objects), -1, dtype=np.int64)
     values = _field(objects, name)
     column, state = _integers(values)
     problems.flag(state == _BAD, "out_of_range", f"{name} is not an integer", values)
@@ -686,14 +691,18 @@ def _decode_gps(batch: _Batch, documents: list[object], messages: list[int]) -> 
     problems.flag(np.abs(lat) > 90, "out_of_range", "lat outside [-90, 90]", lat_values)
     problems.flag(np.abs(lon) > 180, "out_of_range", "lon outside [-180, 180]", lon_values)
     problems.flag((lat == 0) & (lon == 0), "out_of_range", "position is (0, 0)")
-    speed = _optional_number(problems, objects, "speed", 0.0, limits.max_speed_kmh)
-    heading = _optional_number(problems, objects, "heading", 0.0, 360.0, high_open=True)
-    alt = _optional_number(problems, objects, "alt", -100_000.0, 100_000.0)
-    sats = _optional_number(problems, objects, "sats", 0.0, 255.0, integral=True)
-    hdop = _optional_number(problems, objects, "hdop", 0.0, 1000.0)
-    seq = _optional_dword(problems, objects, "seq")
-    alarm = _optional_dword(problems, objects, "alarm")
-    status = _optional_dword(problems, objects, "status")
+    # The fields any fix of the chunk has (devices tend to send the same ones).
+    present: set[str] = set().union(*objects)
+    speed = _optional_number(problems, objects, "speed", 0.0, limits.max_speed_kmh, present=present)
+    heading = _optional_number(
+        problems, objects, "heading", 0.0, 360.0, present=present, high_open=True
+    )
+    alt = _optional_number(problems, objects, "alt", -100_000.0, 100_000.0, present=present)
+    sats = _optional_number(problems, objects, "sats", 0.0, 255.0, present=present, integral=True)
+    hdop = _optional_number(problems, objects, "hdop", 0.0, 1000.0, present=present)
+    seq = _optional_dword(problems, objects, "seq", present=present)
+    alarm = _optional_dword(problems, objects, "alarm", present=present)
+    status = _optional_dword(problems, objects, "status", present=present)
     good = problems.ok()
     if not good.all():
         # A bad fix of a batch is stored alone, not with the whole batch.
@@ -784,8 +793,9 @@ def _decode_heartbeat(
     batch: _Batch, documents: list[object], messages: list[int]
 ) -> HeartbeatColumns:
     rows = _channel_rows(batch, documents, messages)
-    battery = _optional_number(rows.problems, rows.objects, "battery", 0.0, 100.0)
-    rssi = _optional_number(rows.problems, rows.objects, "rssi", -200.0, 0.0)
+    present: set[str] = set().union(*rows.objects)
+    battery = _optional_number(rows.problems, rows.objects, "battery", 0.0, 100.0, present=present)
+    rssi = _optional_number(rows.problems, rows.objects, "rssi", -200.0, 0.0, present=present)
     chosen, device_key = _finish(batch, rows)
     return HeartbeatColumns(
         device_key=device_key,
@@ -799,8 +809,11 @@ def _decode_heartbeat(
 
 def _decode_smoke(batch: _Batch, documents: list[object], messages: list[int]) -> SmokeColumns:
     rows = _channel_rows(batch, documents, messages, ("state", _SMOKE_CODE))
-    obscuration = _optional_number(rows.problems, rows.objects, "obscuration", 0.0, 100.0)
-    battery = _optional_number(rows.problems, rows.objects, "battery", 0.0, 100.0)
+    present: set[str] = set().union(*rows.objects)
+    obscuration = _optional_number(
+        rows.problems, rows.objects, "obscuration", 0.0, 100.0, present=present
+    )
+    battery = _optional_number(rows.problems, rows.objects, "battery", 0.0, 100.0, present=present)
     chosen, device_key = _finish(batch, rows)
     return SmokeColumns(
         device_key=device_key,
