@@ -799,8 +799,14 @@ class Planner:
         return None
 
     # ------------------------------------------------------------ campus devices
-    def _campus_slot(self, kind: str, k: int, need_ms: int) -> tuple[int, CampusPlan, int] | None:
-        devices = [i for i, d in enumerate(self.city.devices) if d.kind == kind]
+    def _campus_slot(
+        self, kind: str, k: int, need_ms: int, *, heartbeat_s: int | None = None
+    ) -> tuple[int, CampusPlan, int] | None:
+        devices = [
+            i
+            for i, d in enumerate(self.city.devices)
+            if d.kind == kind and heartbeat_s in (None, d.heartbeat_s)
+        ]
         if not devices:
             return None
         n = len(devices)
@@ -885,14 +891,17 @@ class Planner:
 
     def _silent(self, name: str, k: int, kind: str, *, alert: bool) -> str | None:
         """Silence a campus device for whole heartbeats: just over or under its threshold."""
-        candidates = [i for i, d in enumerate(self.city.devices) if d.kind == kind]
+        candidates = [d for d in self.city.devices if d.kind == kind]
         if not candidates:
             return "没有这类设备 no such device"
-        probe_device = self.city.devices[candidates[k % len(candidates)]]
-        hb = probe_device.heartbeat_s * 1000
-        threshold = probe_device.threshold_s * 1000
+        # The quickest heartbeat of the kind: the shortest scenario.
+        quickest = min(candidates, key=lambda d: (d.heartbeat_s, d.threshold_s))
+        hb = quickest.heartbeat_s * 1000
+        threshold = quickest.threshold_s * 1000
         missed = threshold // hb + 1 if alert else max(1, threshold // hb - 2)
-        slot = self._campus_slot(kind, k, (missed + 4) * hb + 4 * _MIN)
+        slot = self._campus_slot(
+            kind, k, (missed + 2) * hb + 3 * _MIN, heartbeat_s=quickest.heartbeat_s
+        )
         if slot is None:
             return "运行时间不够 the run is too short for it"
         idx, plan, t = slot
