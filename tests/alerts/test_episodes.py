@@ -115,34 +115,45 @@ def assert_same_episodes(got: dict[int, Episode], want: list[RefEpisode]) -> Non
 # -- strategies ------------------------------------------------------------------------------
 
 CODES = [MET, MET, CLEAR, CLEAR, NEUTRAL, END]
+# Strategies built once: building them inside a draw loop dominates the test time.
+_RUN = st.tuples(st.sampled_from(CODES), st.integers(1, 8))
+_RUN_NO_END = st.tuples(st.sampled_from([c for c in CODES if c != END]), st.integers(1, 8))
+_READING = st.tuples(
+    st.sampled_from([1, 2, 5, 5, 10, 10, 15, 30]),  # seconds since the previous reading
+    st.sampled_from([0, 0, 0, 1, 499]),  # extra ms, so thresholds are hit exactly and not
+    st.integers(0, 9),  # 0: no position
+    st.integers(0, 3),  # 0: noise, the code is drawn afresh (late readings break runs)
+    st.sampled_from([MET, MET, CLEAR, NEUTRAL]),
+    st.sampled_from([math.nan, 40.0, 55.5, 61.0, 61.0, 80.0]),
+    st.integers(0, 200),
+    st.integers(0, 200),
+    st.integers(0, 9),  # 0: backfilled
+)
 
 
 @st.composite
 def streams(draw: st.DrawFn, *, max_runs: int = 14, with_end: bool = True) -> list[Reading]:
     """Sorted readings made of runs of one code, 1–30 s apart (whole seconds hit thresholds)."""
-    codes = CODES if with_end else [c for c in CODES if c != END]
-    runs = draw(st.lists(st.tuples(st.sampled_from(codes), st.integers(1, 8)), max_size=max_runs))
+    runs = draw(st.lists(_RUN if with_end else _RUN_NO_END, max_size=max_runs))
+    codes = [code for code, length in runs for _ in range(length)]
+    attrs = draw(st.lists(_READING, min_size=len(codes), max_size=len(codes)))
     out: list[Reading] = []
     ts = T0
-    for code, length in runs:
-        for _ in range(length):
-            ts += draw(st.sampled_from([1, 2, 5, 5, 10, 10, 15, 30])) * 1000 + draw(
-                st.sampled_from([0, 0, 0, 1, 499])
+    for i, (code, (gap_s, extra_ms, pos, noise, other, value, x, y, bf)) in enumerate(
+        zip(codes, attrs, strict=True)
+    ):
+        ts += gap_s * 1000 + extra_ms
+        out.append(
+            Reading(
+                ts=ts,
+                code=other if noise == 0 and (with_end or other != END) else code,
+                value=value,
+                tag=float(i),
+                lon=120.7 + x * 1e-4 if pos else math.nan,
+                lat=31.3 + y * 1e-4 if pos else math.nan,
+                backfill=bf == 0,
             )
-            has_pos = draw(st.integers(0, 9)) > 0
-            # Some noise inside runs, so late readings often fall into and break a run.
-            noisy = draw(st.integers(0, 3)) == 0
-            out.append(
-                Reading(
-                    ts=ts,
-                    code=draw(st.sampled_from([MET, MET, CLEAR, NEUTRAL])) if noisy else code,
-                    value=draw(st.sampled_from([math.nan, 40.0, 55.5, 61.0, 61.0, 80.0])),
-                    tag=float(len(out)),
-                    lon=120.7 + draw(st.integers(0, 200)) * 1e-4 if has_pos else math.nan,
-                    lat=31.3 + draw(st.integers(0, 200)) * 1e-4 if has_pos else math.nan,
-                    backfill=draw(st.integers(0, 9)) == 0,
-                )
-            )
+        )
     return out
 
 
@@ -155,10 +166,14 @@ detectors = st.builds(
 
 
 def split(draw: st.DrawFn, items: list[Reading]) -> list[list[Reading]]:
-    """Cut a sequence into consecutive batches at random points."""
-    cuts = sorted(set(draw(st.lists(st.integers(0, len(items)), max_size=8))))
+    """Cut a sequence into consecutive batches: a few big ones, or mostly single readings."""
+    if draw(st.booleans()):
+        cuts = draw(st.lists(st.integers(0, len(items)), max_size=8))
+    else:
+        keep = draw(st.lists(st.integers(0, 4), min_size=len(items), max_size=len(items)))
+        cuts = [i for i, k in enumerate(keep) if k]
     parts, prev = [], 0
-    for c in [*cuts, len(items)]:
+    for c in [*sorted(set(cuts)), len(items)]:
         parts.append(items[prev:c])
         prev = c
     return [p for p in parts if p]
@@ -212,13 +227,15 @@ def test_reordering_within_lateness_gives_the_same_episodes(data: st.DataObject,
     state = det.new_state()
     events: list[EpisodeEvent] = []
     arrived = 0
+    ticks = data.draw(st.booleans())
     for batch in split(data.draw, arrival):
         events += feed(det, state, batch)
         arrived += len(batch)
         rest = arrival[arrived:]
-        if rest and data.draw(st.booleans()):
+        if ticks and rest and data.draw(st.booleans()):
             # An engine tick: a valid watermark promises nothing older will arrive.
-            events += det.advance(state, watermark_ms=min(r.ts for r in rest))
+            slack_ms = data.draw(st.integers(0, 30_000))
+            events += det.advance(state, watermark_ms=min(r.ts for r in rest) - slack_ms)
         if data.draw(st.booleans()):
             state = EpisodeState.from_dict(json.loads(json.dumps(state.to_dict())))
     end = (rs[-1].ts if rs else T0) + 1
@@ -414,3 +431,30 @@ def test_duration_open_waits_for_a_late_reading_that_could_break_the_run() -> No
     events += det.advance(state, watermark_ms=T0 + 60_000)
     assert events == []
     assert state.orphans == 0
+
+
+def test_a_gap_is_not_a_certain_close_until_final() -> None:
+    det = EpisodeDetector(open_after_s=0, close_after_s=0, lateness_s=30, max_gap_s=20)
+    state = det.new_state()
+    events = feed(det, state, speeds((0, True)))
+    events += feed(det, state, speeds((30, True)))  # 30 s apart: a gap, unless 15 s comes
+    events += feed(det, state, speeds((15, True)))
+    events += det.advance(state, watermark_ms=T0 + 31_000)
+    assert [(e.action, e.episode.number) for e in events] == [("open", 1), ("update", 1)]
+    assert state.orphans == 0
+
+
+def test_a_certain_close_is_never_reopened_by_a_later_doubt() -> None:
+    det = EpisodeDetector(open_after_s=10, close_after_s=10, lateness_s=30)
+    state = det.new_state()
+    events = feed(det, state, speeds(*[(s, True) for s in range(13)], (45, True)))
+    assert [e.action for e in events] == ["open"]
+    end = [Reading(ts=T0 + 46_000, code=END)]
+    events += feed(det, state, end)  # the window ended at 46 s: closed for sure
+    assert [e.action for e in events] == ["open", "close"]
+    assert events[-1].episode.ended_at_ms == T0 + 45_000
+    # Late slow fixes make an earlier close possible but not yet certain: no reopening.
+    events += feed(det, state, speeds((20, False), (30, False)))
+    events += det.advance(state, watermark_ms=T0 + 100_000)
+    (ep,) = fold(events).values()
+    assert (ep.ended_at_ms, ep.closed_at_ms) == (T0 + 12_000, T0 + 30_000)
