@@ -24,7 +24,7 @@ import shapely
 from numpy.typing import NDArray
 
 from simulators._geo import DensePath, join, offset_path
-from simulators._time import format_rfc3339, local_datetime
+from simulators._time import day_start_ms, format_rfc3339, local_dates, local_datetime
 from simulators.city import DEFAULT_LIMIT_KMH, City, rng_for
 from simulators.episodes import find_episodes, runs
 from simulators.kinematics import bend_cap_kmh
@@ -33,10 +33,15 @@ from simulators.plan import BusPlan, Leg, PathLimits, RouteCache
 __all__ = [
     "CATALOG",
     "DEFAULT_SCENARIOS",
+    "SEVERITY",
+    "CampusPlan",
+    "CorridorGuard",
     "DeviceLog",
     "Planner",
     "Probe",
     "ScenarioInfo",
+    "campus_phase_ms",
+    "limit_at",
 ]
 
 I64 = NDArray[np.int64]
@@ -138,10 +143,6 @@ class Probe:
     scenario: str
     device: str
     evaluate: Callable[[DeviceLog], dict[str, Any]]
-
-
-class ScenarioMismatch(RuntimeError):
-    """The emitted data does not show what a scenario meant (a simulator defect)."""
 
 
 @dataclass
@@ -601,8 +602,6 @@ class Planner:
     # ------------------------------------------------------------ out of hours
     def _windows_touch(self, bus: int, a_ms: int, b_ms: int) -> bool:
         """Return whether ``[a_ms, b_ms]`` touches a service window on a school day."""
-        from simulators._time import day_start_ms, local_dates
-
         for day in local_dates(a_ms - 86_400_000, b_ms + 86_400_000):
             if not self.city.school_calendar.is_school_day(day):
                 continue

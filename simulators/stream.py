@@ -24,7 +24,7 @@ import shapely
 from numpy.typing import NDArray
 
 from simulators._geo import to_lonlat, to_xy
-from simulators._time import local_dates, parse_rfc3339_ms
+from simulators._time import day_start_ms, local_dates, parse_rfc3339_ms
 from simulators.city import City, CitySpec, Device, build_city, dump_fleet, fleet_document, rng_for
 from simulators.plan import BusPlan, RouteCache, build_plans
 from simulators.scenarios import (
@@ -710,8 +710,6 @@ def _monthly_test(
     city: City, d_index: int, device: Device, plan: CampusPlan, start_ms: int, end_ms: int
 ) -> list[tuple[int, str, dict[str, Any]]]:
     """The monthly test of a smoke sensor or button, on its own day of the month."""
-    from simulators._time import day_start_ms
-
     g = rng_for(city.spec.seed, _P_CAMPUS_FIELDS, d_index, 1)
     day_of_month = int(g.integers(1, 29))
     minute = 9 * 60 + int(g.integers(0, 240))
