@@ -171,7 +171,7 @@ class MqttReceiver:
         try:
             while not self._stop_requested():
                 try:
-                    await self._connect_once(first=first)
+                    await self._connect_once()
                 except (OSError, BrokerError) as exc:
                     delay_s = self._backoff.next_delay()
                     log.warning("MQTT connect failed (%s); retrying in %.2f s", exc, delay_s)
@@ -318,32 +318,34 @@ class MqttReceiver:
         )
         return client
 
-    async def _connect_once(self, *, first: bool) -> None:
+    async def _connect_once(self) -> None:
+        """One connection attempt: TCP (and TLS), CONNECT, wait for a good CONNACK."""
         loop = asyncio.get_running_loop()
         self._unregister()
         self._lost.clear()
         self._connack = loop.create_future()
-        # Blocking TCP connect (and TLS handshake) off the loop; the loop does
-        # not touch the client meanwhile (no fd registered, not connected).
-        await asyncio.to_thread(self._client.reconnect)
-        sock = self._client.socket()
-        if sock is None:
-            raise BrokerError("paho opened no socket")
-        self._fd = sock.fileno()
-        loop.add_reader(self._fd, self._on_readable)
-        self._reading = True
-        if self._client.want_write():
-            self._writing = True
-            loop.add_writer(self._fd, self._on_writable)
         try:
-            await asyncio.wait_for(asyncio.shield(self._connack), _CONNACK_TIMEOUT_S)
-        except TimeoutError as exc:
-            self._unregister()
-            self._client._sock_close()  # abandon a silent connection
-            raise BrokerError("no CONNACK from the broker") from exc
-        except BrokerError:
-            self._unregister()
-            raise
+            # Blocking TCP connect (and TLS handshake) off the loop; the loop does
+            # not touch the client meanwhile (no fd registered, not connected).
+            await asyncio.to_thread(self._client.reconnect)
+            sock = self._client.socket()
+            if sock is None:
+                raise BrokerError("paho opened no socket")
+            self._fd = sock.fileno()
+            loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+            if self._client.want_write():
+                self._writing = True
+                loop.add_writer(self._fd, self._on_writable)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._connack), _CONNACK_TIMEOUT_S)
+            except TimeoutError as exc:
+                self._unregister()
+                self._client._sock_close()  # abandon a silent connection
+                raise BrokerError("no CONNACK from the broker") from exc
+            except BrokerError:
+                self._unregister()
+                raise
         finally:
             self._connack = None
 
