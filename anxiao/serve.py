@@ -50,6 +50,7 @@ class Service:
         self.clock = clock
         self.app: FastAPI = create_app(database_url=settings.database_url)
         self.hub: EventHub = self.app.state.hub
+        self.app.state.basemap_tile_url = settings.basemap_tile_url
         self.ingestor = Ingestor(IngestConfig.from_settings(settings), hook=self.on_batch)
         self.app.state.metrics = lambda: render_metrics(self.ingestor.metrics)
         self._registry_loaded = False

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     mqtt_password_file: Path | None = None
     #: Mosquitto's pid file: a SIGHUP makes it reload the password file.
     mqtt_pid_file: Path | None = None
+    #: Map tile URL template for the dashboard (e.g. a Tianditu layer); empty draws
+    #: districts, routes and schools from the fleet alone, which works offline.
+    basemap_tile_url: str = ""
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8420, ge=1, le=65535)
     #: Key for deriving device MQTT passwords; must be set in production.
