@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import signal
 import sys
 from typing import Any
@@ -16,6 +17,8 @@ from ingest.service import IngestConfig, Ingestor
 __all__ = ["main"]
 
 log = logging.getLogger("anxiao.ingest")
+_GROUP = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_DEFAULT_CLIENT_ID = Settings.model_fields["ingest_client_id"].default
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,7 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--client-id", help="MQTT client id (ANXIAO_INGEST_CLIENT_ID)")
     parser.add_argument(
-        "--group", help="shared-subscription group to split the load with other workers"
+        "--group",
+        type=_group,
+        help="shared-subscription group to split the load with other workers"
+        " (give each worker its own, stable --client-id)",
     )
     parser.add_argument("--topic", help="topic filter (default anxiao/v1/dev/+/+)")
     parser.add_argument("--batch-messages", type=int, help="messages per batch at most")
@@ -39,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         help="print the metrics (Prometheus text) on stdout when stopping",
     )
     return parser
+
+
+def _group(value: str) -> str:
+    if not _GROUP.fullmatch(value):
+        raise argparse.ArgumentTypeError("a group name is 1-64 of [A-Za-z0-9_.-]")
+    return value
 
 
 def main(argv: list[str]) -> int:
@@ -65,6 +77,12 @@ def main(argv: list[str]) -> int:
 
 
 async def _run(config: IngestConfig, *, metrics_on_exit: bool) -> int:
+    if config.share_group and config.client_id == _DEFAULT_CLIENT_ID:
+        # Two workers with one client id take each other's session over and over.
+        log.warning(
+            "shared group %s with the default client id: give each worker its own",
+            config.share_group,
+        )
     ingestor = Ingestor(config)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
