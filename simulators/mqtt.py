@@ -72,6 +72,7 @@ class MqttPublisher:
         window: int = 20_000,
         connect_timeout_s: float = 10.0,
         reconnect_attempts: int = 5,
+        stall_timeout_s: float = 60.0,
     ) -> None:
         if not 1 <= window <= 32768:
             raise ValueError("window must be within 1..32768")
@@ -82,9 +83,11 @@ class MqttPublisher:
         self.window = window
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_attempts = reconnect_attempts
+        self.stall_timeout_s = stall_timeout_s
         self.published = 0
         self.acked = 0
         self.bytes_sent = 0
+        self.reconnects = 0
         self._sock: socket.socket | None = None
         self._mid = 0
         self._buffer = bytearray()
@@ -152,6 +155,7 @@ class MqttPublisher:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self.reconnects += 1
         delay = 0.2
         for _attempt in range(self.reconnect_attempts):
             try:
@@ -192,13 +196,31 @@ class MqttPublisher:
             self.flush()
         if self.published - self.acked >= self.window:
             self.flush()
+            stalled_at = time.monotonic() + self.stall_timeout_s
             while self.published - self.acked > self.window // 2:
+                acked = self.acked
                 self._io(1.0, want_write=False)
+                stalled_at = self._check_progress(self.acked != acked, stalled_at)
 
     def flush(self) -> None:
         """Send everything buffered (reading acknowledgements meanwhile)."""
+        stalled_at = time.monotonic() + self.stall_timeout_s
         while self._buffer:
+            left = len(self._buffer)
             self._io(1.0, want_write=True)
+            stalled_at = self._check_progress(len(self._buffer) != left, stalled_at)
+
+    def _check_progress(self, progressed: bool, stalled_at: float) -> float:
+        """Return the next stall deadline; raise once nothing moved for too long."""
+        now = time.monotonic()
+        if progressed:
+            return now + self.stall_timeout_s
+        if now > stalled_at:
+            raise BrokerError(
+                f"代理 {self.stall_timeout_s:.0f} 秒无响应 broker made no progress"
+                f" for {self.stall_timeout_s:.0f} s"
+            )
+        return stalled_at
 
     def wait(self, seconds: float) -> None:
         """Spend ``seconds`` reading acknowledgements and keeping the connection alive."""

@@ -35,6 +35,7 @@ class _Count:
 
     def __init__(self, settings: Settings, device: str) -> None:
         self.arrivals: list[tuple[float, bytes]] = []
+        self.unique: set[bytes] = set()
         self.cond = threading.Condition()
         ready = threading.Event()
         self.client = connect_mqtt(settings.mqtt, client_id=f"test-sim-count-{device}")
@@ -46,11 +47,17 @@ class _Count:
     def _on_message(self, _c, _u, msg) -> None:
         with self.cond:
             self.arrivals.append((time.monotonic(), bytes(msg.payload)))
+            self.unique.add(bytes(msg.payload))
             self.cond.notify_all()
 
     def wait_for(self, n: int) -> None:
         with self.cond:
             assert self.cond.wait_for(lambda: len(self.arrivals) >= n, 30)
+
+    def wait_for_unique(self, n: int) -> None:
+        """Wait for ``n`` distinct payloads (QoS 1 may deliver some twice)."""
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.unique) >= n, 30)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -133,3 +140,31 @@ def test_cli_writes_files_and_publishes(broker, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "完成 done" in err and "msg/s" in err
     assert len((tmp_path / "ground_truth.jsonl").read_text().splitlines()) == 2
+
+
+def test_reconnects_and_resends_after_a_session_takeover(broker):
+    """Another client takes our client id mid-stream: nothing is lost."""
+    device = f"tre{secrets.token_hex(3)}"
+    count = _Count(broker, device)
+    client = _publisher(broker, window=2_000)
+    client.connect()
+    n = 6_000
+    topic = f"anxiao/v1/dev/{device}/heartbeat"
+    payloads = [b'{"ts":%d}' % (1_000 + i) for i in range(n)]
+    try:
+        for i, payload in enumerate(payloads):
+            client.publish(topic, payload)
+            if i == n // 2:
+                client.flush()
+                # The broker drops our connection when this one takes the id over.
+                intruder = connect_mqtt(broker.mqtt_gateway, client_id=client.client_id)
+                intruder.loop_stop()
+                intruder.disconnect()
+        client.drain(timeout_s=30)
+    finally:
+        client.close()
+    assert client.reconnects >= 1
+    count.wait_for_unique(n)
+    count.close()
+    received = {p for _t, p in count.arrivals}
+    assert received == set(payloads)
