@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scenarios",
         default="default",
-        help="default | none | comma-separated names (see --list-scenarios)",
+        help="场景 scenarios: default | none | 逗号分隔的名称 comma-separated names",
     )
     p.add_argument("--list-scenarios", action="store_true", help="列出场景 list scenarios and exit")
     pace = p.add_mutually_exclusive_group()
@@ -84,8 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         help="把发布流写成 JSON lines write the publish stream ({send_ms, topic, payload})",
     )
     p.add_argument("--no-publish", action="store_true", help="只写文件 only write the files")
-    p.add_argument("--mqtt-url", help="mqtt://user:pass@host:port (default: the gateway account)")
-    p.add_argument("--client-id", default="", help="MQTT client id (default anxiao-sim-PID)")
+    p.add_argument(
+        "--mqtt-url", help="代理地址 mqtt://user:pass@host:port (default: the gateway account)"
+    )
+    p.add_argument(
+        "--client-id", default="", help="客户端标识 MQTT client id (default anxiao-sim-PID)"
+    )
     p.add_argument("--window", type=int, default=20_000, help="未确认消息上限 max unacknowledged")
     p.add_argument("--quiet", action="store_true", help="不显示进度 no progress line")
     return p
