@@ -41,6 +41,7 @@ import asyncpg
 import numpy as np
 from numpy.typing import NDArray
 
+from core.errors import StoreError
 from ingest._pgcopy import CopyColumn, encode_copy
 from ingest.columns import (
     BUTTON_EVENTS,
@@ -172,6 +173,11 @@ class Store:
                     f" (LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                 )
             await conn.add_listener("anxiao_fleet", self._on_fleet_changed)
+        except asyncpg.UndefinedTableError as exc:
+            conn.terminate()
+            raise StoreError(
+                f"the database has no anxiao schema ({exc}): run `anxiao migrate`"
+            ) from exc
         except BaseException:
             conn.terminate()
             raise

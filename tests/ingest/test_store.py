@@ -7,7 +7,9 @@ from typing import Any
 import numpy as np
 import orjson
 import psycopg
+import pytest
 
+from core.errors import StoreError
 from ingest import Decoded, Limits, decode_messages
 from ingest.store import Store
 from tests.ingest.support import now_ms, register_devices
@@ -143,3 +145,10 @@ async def test_dead_letters_are_stored_with_topic_payload_and_time(
         f"anxiao/v1/dev/{prefix}nobody/gps",
     )
     assert rows == [(received, b"\x00\xffbinary", "unknown_device", f"{prefix}nobody")]
+
+
+async def test_an_unmigrated_database_is_a_clear_error(empty_database_url: str) -> None:
+    store = Store(database_url=empty_database_url, refresh_s=60)
+    with pytest.raises(StoreError, match="anxiao migrate"):
+        await store.connect()
+    assert not store.connected
