@@ -77,7 +77,9 @@ class Run:
 
     def wait_for_fault_point(self) -> None:
         wait_until(lambda: self.stored() >= FAULT_AT, timeout_s=120, what=f"{FAULT_AT} rows")
-        assert self.publisher.is_alive(), "the fault must come while messages still flow"
+        # Mid-stream: ingest is far from done (the publisher usually is too,
+        # but on a crowded machine it may have handed everything to the broker).
+        assert self.stored() < MESSAGES // 2
 
     def finish(self) -> None:
         """Wait for the publisher and for every row; check the stored set exactly."""
