@@ -113,17 +113,19 @@ class Buf:
         )
 
     @staticmethod
-    def concat(a: Buf, b: Buf) -> Buf:
-        """``a`` followed by ``b`` (not re-sorted)."""
+    def concat(*parts: Buf) -> Buf:
+        """The parts one after the other (not re-sorted)."""
+        if len(parts) == 1:
+            return parts[0]
         return Buf(
-            np.concatenate((a.ts, b.ts)),
-            np.concatenate((a.code, b.code)),
-            np.concatenate((a.value, b.value)),
-            np.concatenate((a.tag, b.tag)),
-            np.concatenate((a.lon, b.lon)),
-            np.concatenate((a.lat, b.lat)),
-            np.concatenate((a.backfill, b.backfill)),
-            np.concatenate((a.virtual, b.virtual)),
+            np.concatenate([p.ts for p in parts]),
+            np.concatenate([p.code for p in parts]),
+            np.concatenate([p.value for p in parts]),
+            np.concatenate([p.tag for p in parts]),
+            np.concatenate([p.lon for p in parts]),
+            np.concatenate([p.lat for p in parts]),
+            np.concatenate([p.backfill for p in parts]),
+            np.concatenate([p.virtual for p in parts]),
         )
 
 

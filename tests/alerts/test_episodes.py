@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -458,3 +459,56 @@ def test_a_certain_close_is_never_reopened_by_a_later_doubt() -> None:
     events += det.advance(state, watermark_ms=T0 + 100_000)
     (ep,) = fold(events).values()
     assert (ep.ended_at_ms, ep.closed_at_ms) == (T0 + 12_000, T0 + 30_000)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), params=detectors)
+def test_feed_many_equals_one_feed_per_device(data: st.DataObject, params) -> None:
+    open_s, close_s, gap_s = params
+    det = EpisodeDetector(
+        open_after_s=open_s, close_after_s=close_s, lateness_s=30, max_gap_s=gap_s
+    )
+    n_dev = data.draw(st.integers(1, 4))
+    streams_ = [data.draw(streams(max_runs=6)) for _ in range(n_dev)]
+    # Interleave the devices' readings, each device in a slightly shuffled order.
+    tagged = [
+        (r.ts + data.draw(st.integers(0, 90_000)), d, r)  # some beyond the lateness
+        for d, rs in enumerate(streams_)
+        for r in rs
+    ]
+    tagged.sort(key=lambda t: t[0])
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(tagged)), max_size=6))))
+    one = [det.new_state() for _ in range(n_dev)]
+    many = [det.new_state() for _ in range(n_dev)]
+    got: dict[int, list[EpisodeEvent]] = {d: [] for d in range(n_dev)}
+    want: dict[int, list[EpisodeEvent]] = {d: [] for d in range(n_dev)}
+    for lo, hi in itertools.pairwise([0, *cuts, len(tagged)]):
+        part = tagged[lo:hi]
+        if not part:
+            continue
+        for d in range(n_dev):
+            mine = [r for _, dd, r in part if dd == d]
+            if mine:
+                want[d] += feed(det, one[d], mine)
+        rs = [r for _, _, r in part]
+        for d, evs in det.feed_many(
+            many,
+            np.array([dd for _, dd, _ in part]),
+            np.array([r.ts for r in rs], np.int64),
+            np.array([r.code == MET for r in rs]),
+            clears=np.array([r.code == CLEAR for r in rs]),
+            ends=np.array([r.code == END for r in rs]),
+            value=np.array([r.value for r in rs]),
+            tag=np.array([r.tag for r in rs]),
+            lon_deg=np.array([r.lon for r in rs]),
+            lat_deg=np.array([r.lat for r in rs]),
+            backfill=np.array([r.backfill for r in rs]),
+        ).items():
+            got[d] += evs
+    for d in range(n_dev):
+        end = max((r.ts for r in streams_[d]), default=T0) + 1
+        want[d] += det.advance(one[d], watermark_ms=end)
+        got[d] += det.advance(many[d], watermark_ms=end)
+        assert [(e.action, e.episode._key()) for e in got[d]] == [
+            (e.action, e.episode._key()) for e in want[d]
+        ]
