@@ -23,7 +23,7 @@ Everything runs on loopback against the local stack (``make stack-up``); a
 throwaway database is created and dropped. The result is printed as one JSON
 object and written to ``bench/results/ingest.json``.
 
-    .venv/bin/python bench/ingest.py [--single 20000] [--batch 3000] [--rounds 3]
+    .venv/bin/python bench/ingest.py [--single 20000] [--batch 5000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -480,8 +480,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--single", type=int, default=20_000, help="one-fix messages")
-    parser.add_argument("--batch", type=int, default=3_000, help="messages of 50 fixes")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; the best of each counts")
+    parser.add_argument("--batch", type=int, default=5_000, help="messages of 50 fixes")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; the best of each counts")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
     parser.add_argument("--publish", choices=["single", "batch"], help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
