@@ -51,7 +51,11 @@ set +a
 port=${ANXIAO_HTTP_PORT:-8420}
 url="http://127.0.0.1:$port"
 
-"$BIN/anxiao" serve --clock event >"$DEMO/serve.log" 2>&1 &
+# A session of its own that the broker forgets an hour after the demo stops, so
+# test traffic published later does not pile up for a demo that is gone.
+ANXIAO_INGEST_CLIENT_ID=${ANXIAO_INGEST_CLIENT_ID:-anxiao-demo} \
+ANXIAO_INGEST_SESSION_EXPIRY_S=${ANXIAO_INGEST_SESSION_EXPIRY_S:-3600} \
+    "$BIN/anxiao" serve --clock event >"$DEMO/serve.log" 2>&1 &
 serve_pid=$!
 sim_pid=
 cleanup() {
