@@ -65,6 +65,10 @@ CLOSING: Final = 3
 
 #: Mean Earth radius (IUGG), metres; haversine steps are well within 0.5 % of geodesic.
 _EARTH_RADIUS_M: Final = 6_371_008.8
+#: Passes over at most this many readings run reading by reading: for a handful of
+#: readings (live traffic, one fix per device per batch) NumPy's fixed cost per call
+#: is far above a short Python loop. Both paths are tested against the reference.
+SCALAR_MAX = 12
 _NAN: Final = math.nan
 
 
@@ -80,6 +84,20 @@ class Buf:
     lat: _F64
     backfill: _BOOL
     virtual: _BOOL
+
+    @staticmethod
+    def from_columns(
+        ts: _I64,
+        code: _I8,
+        value: _F64,
+        tag: _F64,
+        lon: _F64,
+        lat: _F64,
+        backfill: _BOOL,
+        virtual: _BOOL,
+    ) -> Buf:
+        """Build from one array per column (all of one length)."""
+        return Buf(ts, code, value, tag, lon, lat, backfill, virtual)
 
     @staticmethod
     def empty() -> Buf:
@@ -389,12 +407,23 @@ def run_pass(
     was_open = core.phase in (ACTIVE, CLOSING)
     if n == 0:
         return [_ep_from_core(core)] if was_open else []
+    if n <= SCALAR_MAX:
+        return _scalar_pass(
+            core,
+            b,
+            open_ms=open_ms,
+            close_ms=close_ms,
+            gap_ms=gap_ms,
+            want_value=want_value,
+            want_pos=want_pos,
+        )
     ts = b.ts
     code = b.code
     met = code == MET
     if not was_open and not met.any():
         # Common case: nothing under way and nothing meeting the condition.
         core.phase = IDLE
+        _reset_aggregates(core)
         core.last_ts_ms = int(ts[-1])
         if want_pos:
             valid = np.flatnonzero(~(np.isnan(b.lon) | np.isnan(b.lat)))
@@ -569,6 +598,148 @@ def run_pass(
             sl.start_at(cand, s)
             step_lo = s + 1
         sl.extend(cand, s, n - 1, step_lo=step_lo)
+        _core_from_ep(core, cand, CANDIDATE)
+        core.opened_at_ms = 0
+    else:
+        core.phase = IDLE
+        _reset_aggregates(core)
+    return eps
+
+
+def _haversine1(lon0: float, lat0: float, lon1: float, lat1: float) -> float:
+    p0 = math.radians(lat0)
+    p1 = math.radians(lat1)
+    a = (
+        math.sin((p1 - p0) * 0.5) ** 2
+        + math.cos(p0) * math.cos(p1) * math.sin(math.radians(lon1 - lon0) * 0.5) ** 2
+    )
+    return 2.0 * _EARTH_RADIUS_M * math.asin(math.sqrt(min(a, 1.0)))
+
+
+def _scalar_pass(
+    core: Core,
+    b: Buf,
+    *,
+    open_ms: int,
+    close_ms: int | None,
+    gap_ms: int | None,
+    want_value: bool,
+    want_pos: bool,
+) -> list[Ep]:
+    """:func:`run_pass` one reading at a time, for a few readings (same results)."""
+    ts = b.ts.tolist()
+    code = b.code.tolist()
+    backfill = b.backfill.tolist()
+    value = b.value.tolist() if want_value else []
+    tag = b.tag.tolist() if want_value else []
+    lon = b.lon.tolist() if want_pos else []
+    lat = b.lat.tolist() if want_pos else []
+    phase = core.phase
+    eps: list[Ep] = []
+    cur: Ep | None = None  # the open episode
+    cand: Ep | None = None  # the candidate run
+    if phase in (ACTIVE, CLOSING):
+        cur = _ep_from_core(core)
+        eps.append(cur)
+    elif phase == CANDIDATE:
+        cand = _ep_from_core(core)
+        cand.continued = False
+        cand.open_instant = False
+    clear_start = core.clear_start_ms
+    last_ts = core.last_ts_ms
+    plon, plat = core.prev_lon, core.prev_lat
+
+    for i, t in enumerate(ts):
+        c = code[i]
+        if gap_ms is not None and last_ts is not None and t - last_ts > gap_ms:
+            if cur is not None:
+                cur.closed_at_ms = last_ts + gap_ms
+                cur.close_instant = False
+                cur = None
+            cand = None
+            phase = IDLE
+        last_ts = t
+        step = 0.0
+        if want_pos:
+            x, y = lon[i], lat[i]
+            if not (math.isnan(x) or math.isnan(y)):
+                if not (math.isnan(plon) or math.isnan(plat)):
+                    step = _haversine1(plon, plat, x, y)
+                plon, plat = x, y
+        if cur is not None:
+            cur.pending_m += step
+        if c == MET:
+            if phase == IDLE:
+                cand = Ep(
+                    started_ms=t,
+                    opened_at_ms=0,
+                    last_met_ms=t,
+                    late=False,
+                    continued=False,
+                    open_instant=False,
+                )
+                if want_pos:
+                    cand.start_lon, cand.start_lat = plon, plat
+                phase = CANDIDATE
+            elif phase == CANDIDATE:
+                assert cand is not None
+                cand.path_m += step
+            else:
+                assert cur is not None
+                cur.path_m += cur.pending_m
+                cur.pending_m = 0.0
+                phase = ACTIVE
+            ep = cand if phase == CANDIDATE else cur
+            assert ep is not None
+            ep.last_met_ms = t
+            if want_pos:
+                ep.end_lon, ep.end_lat = plon, plat
+            if want_value:
+                v = value[i]
+                # Strictly greater: on ties the earliest reading keeps the tag.
+                if v > -math.inf and (math.isnan(ep.max_value) or v > ep.max_value):
+                    ep.max_value = v
+                    ep.tag_at_max = tag[i]
+            if phase == CANDIDATE and cand is not None and t - cand.started_ms >= open_ms:
+                cand.opened_at_ms = t
+                cand.late = bool(backfill[i])
+                cand.open_instant = open_ms == 0
+                cur, cand = cand, None
+                eps.append(cur)
+                phase = ACTIVE
+        elif c == CLEAR:
+            if phase == CANDIDATE:
+                cand = None
+                phase = IDLE
+            elif cur is not None and close_ms is not None:
+                if phase == ACTIVE:
+                    phase = CLOSING
+                    clear_start = t
+                if t - clear_start >= close_ms:
+                    cur.closed_at_ms = t
+                    cur.close_instant = close_ms == 0
+                    cur = None
+                    phase = IDLE
+        elif c == END:
+            if cur is not None:
+                cur.closed_at_ms = t
+                cur.close_instant = True
+                cur = None
+            cand = None
+            phase = IDLE
+        elif phase == CANDIDATE:
+            cand = None
+            phase = IDLE
+        elif phase == CLOSING:
+            phase = ACTIVE
+
+    core.last_ts_ms = last_ts
+    if want_pos:
+        core.prev_lon, core.prev_lat = plon, plat
+    if cur is not None:
+        _core_from_ep(core, cur, phase)
+        core.clear_start_ms = clear_start
+    elif cand is not None:
         _core_from_ep(core, cand, CANDIDATE)
         core.opened_at_ms = 0
     else:

@@ -83,6 +83,7 @@ Engine usage, per device and rule::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -312,7 +313,7 @@ class EpisodeState:
         }
         core = Core(**ckw)
         bd = d["buf"]
-        buf = Buf(
+        buf = Buf.from_columns(
             np.asarray(bd["ts"], np.int64),
             np.asarray(bd["code"], np.int8),
             _floats_in(bd["value"]),
@@ -393,7 +394,7 @@ def _batch(
         code[met] = MET
     if ends is not None:
         code[_mask(ends, n, False)] = END
-    return Buf(
+    return Buf.from_columns(
         ts,
         code,
         _f64(value, n),
@@ -559,7 +560,7 @@ class EpisodeDetector:
         events: list[EpisodeEvent] = []
         state._absorb()
         if cut_ms is not None and (state.watermark_ms is None or cut_ms >= state.watermark_ms):
-            virt = Buf(
+            virt = Buf.from_columns(
                 np.asarray([cut_ms], np.int64),
                 np.asarray([END], np.int8),
                 np.full(1, _NAN),
@@ -578,15 +579,15 @@ class EpisodeDetector:
 
     # -- internals ----------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def _open_ms(self) -> int:
         return _ms(self.open_after_s)
 
-    @property
+    @functools.cached_property
     def _close_ms(self) -> int | None:
         return None if math.isinf(self.close_after_s) else _ms(self.close_after_s)
 
-    @property
+    @functools.cached_property
     def _gap_ms(self) -> int | None:
         return None if self.max_gap_s is None else _ms(self.max_gap_s)
 

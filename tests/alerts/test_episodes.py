@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from alerts import _core
 from alerts.episodes import Episode, EpisodeDetector, EpisodeEvent, EpisodeState
 from tests.alerts.reference import CLEAR, END, MET, NEUTRAL, Reading, RefEpisode, reference
 
@@ -180,6 +183,17 @@ def split(draw: st.DrawFn, items: list[Reading]) -> list[list[Reading]]:
     return [p for p in parts if p]
 
 
+@contextlib.contextmanager
+def pass_mode(data: st.DataObject) -> Iterator[None]:
+    """Run with the scalar pass for small batches (default), always, or never."""
+    saved = _core.SCALAR_MAX
+    _core.SCALAR_MAX = data.draw(st.sampled_from([saved, 0, 10**9]), label="SCALAR_MAX")
+    try:
+        yield
+    finally:
+        _core.SCALAR_MAX = saved
+
+
 PROP = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -189,23 +203,26 @@ PROP = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 @PROP
 @given(data=st.data(), params=detectors)
 def test_in_order_any_batch_split_matches_reference(data: st.DataObject, params) -> None:
-    open_s, close_s, gap_s = params
-    rs = data.draw(streams())
-    det = EpisodeDetector(
-        open_after_s=open_s, close_after_s=close_s, lateness_s=0.0, max_gap_s=gap_s
-    )
-    state = det.new_state()
-    events: list[EpisodeEvent] = []
-    for batch in split(data.draw, rs):
-        events += feed(det, state, batch)
-        if data.draw(st.booleans()):
-            # Persisting and rebuilding the state between batches changes nothing.
-            state = EpisodeState.from_dict(json.loads(json.dumps(state.to_dict())))
-    end = (rs[-1].ts if rs else T0) + 1
-    events += det.advance(state, watermark_ms=end)
-    assert_same_episodes(fold(events), reference(rs, open_s=open_s, close_s=close_s, gap_s=gap_s))
-    assert state.orphans == 0
-    assert state.late_lane is None
+    with pass_mode(data):
+        open_s, close_s, gap_s = params
+        rs = data.draw(streams())
+        det = EpisodeDetector(
+            open_after_s=open_s, close_after_s=close_s, lateness_s=0.0, max_gap_s=gap_s
+        )
+        state = det.new_state()
+        events: list[EpisodeEvent] = []
+        for batch in split(data.draw, rs):
+            events += feed(det, state, batch)
+            if data.draw(st.booleans()):
+                # Persisting and rebuilding the state between batches changes nothing.
+                state = EpisodeState.from_dict(json.loads(json.dumps(state.to_dict())))
+        end = (rs[-1].ts if rs else T0) + 1
+        events += det.advance(state, watermark_ms=end)
+        assert_same_episodes(
+            fold(events), reference(rs, open_s=open_s, close_s=close_s, gap_s=gap_s)
+        )
+        assert state.orphans == 0
+        assert state.late_lane is None
 
 
 # -- out of order: any arrival within the lateness gives the same episodes -----------------------
@@ -214,36 +231,39 @@ def test_in_order_any_batch_split_matches_reference(data: st.DataObject, params)
 @PROP
 @given(data=st.data(), params=detectors)
 def test_reordering_within_lateness_gives_the_same_episodes(data: st.DataObject, params) -> None:
-    open_s, close_s, gap_s = params
-    lateness_s = 30.0
-    rs = data.draw(streams())
-    delays = data.draw(
-        st.lists(st.integers(0, int(lateness_s * 1000)), min_size=len(rs), max_size=len(rs))
-    )
-    # Arrival order: by ts + delay, so at arrival no reading is more than lateness_s late.
-    arrival = [r for _, r in sorted(zip(delays, rs, strict=True), key=lambda p: p[1].ts + p[0])]
-    det = EpisodeDetector(
-        open_after_s=open_s, close_after_s=close_s, lateness_s=lateness_s, max_gap_s=gap_s
-    )
-    state = det.new_state()
-    events: list[EpisodeEvent] = []
-    arrived = 0
-    ticks = data.draw(st.booleans())
-    for batch in split(data.draw, arrival):
-        events += feed(det, state, batch)
-        arrived += len(batch)
-        rest = arrival[arrived:]
-        if ticks and rest and data.draw(st.booleans()):
-            # An engine tick: a valid watermark promises nothing older will arrive.
-            slack_ms = data.draw(st.integers(0, 30_000))
-            events += det.advance(state, watermark_ms=min(r.ts for r in rest) - slack_ms)
-        if data.draw(st.booleans()):
-            state = EpisodeState.from_dict(json.loads(json.dumps(state.to_dict())))
-    end = (rs[-1].ts if rs else T0) + 1
-    events += det.advance(state, watermark_ms=end)
-    assert state.late_lane is None and state.dropped == 0
-    assert state.orphans == 0
-    assert_same_episodes(fold(events), reference(rs, open_s=open_s, close_s=close_s, gap_s=gap_s))
+    with pass_mode(data):
+        open_s, close_s, gap_s = params
+        lateness_s = 30.0
+        rs = data.draw(streams())
+        delays = data.draw(
+            st.lists(st.integers(0, int(lateness_s * 1000)), min_size=len(rs), max_size=len(rs))
+        )
+        # Arrival order: by ts + delay, so at arrival no reading is more than lateness_s late.
+        arrival = [r for _, r in sorted(zip(delays, rs, strict=True), key=lambda p: p[1].ts + p[0])]
+        det = EpisodeDetector(
+            open_after_s=open_s, close_after_s=close_s, lateness_s=lateness_s, max_gap_s=gap_s
+        )
+        state = det.new_state()
+        events: list[EpisodeEvent] = []
+        arrived = 0
+        ticks = data.draw(st.booleans())
+        for batch in split(data.draw, arrival):
+            events += feed(det, state, batch)
+            arrived += len(batch)
+            rest = arrival[arrived:]
+            if ticks and rest and data.draw(st.booleans()):
+                # An engine tick: a valid watermark promises nothing older will arrive.
+                slack_ms = data.draw(st.integers(0, 30_000))
+                events += det.advance(state, watermark_ms=min(r.ts for r in rest) - slack_ms)
+            if data.draw(st.booleans()):
+                state = EpisodeState.from_dict(json.loads(json.dumps(state.to_dict())))
+        end = (rs[-1].ts if rs else T0) + 1
+        events += det.advance(state, watermark_ms=end)
+        assert state.late_lane is None and state.dropped == 0
+        assert state.orphans == 0
+        assert_same_episodes(
+            fold(events), reference(rs, open_s=open_s, close_s=close_s, gap_s=gap_s)
+        )
 
 
 @PROP
@@ -464,51 +484,52 @@ def test_a_certain_close_is_never_reopened_by_a_later_doubt() -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), params=detectors)
 def test_feed_many_equals_one_feed_per_device(data: st.DataObject, params) -> None:
-    open_s, close_s, gap_s = params
-    det = EpisodeDetector(
-        open_after_s=open_s, close_after_s=close_s, lateness_s=30, max_gap_s=gap_s
-    )
-    n_dev = data.draw(st.integers(1, 4))
-    streams_ = [data.draw(streams(max_runs=6)) for _ in range(n_dev)]
-    # Interleave the devices' readings, each device in a slightly shuffled order.
-    tagged = [
-        (r.ts + data.draw(st.integers(0, 90_000)), d, r)  # some beyond the lateness
-        for d, rs in enumerate(streams_)
-        for r in rs
-    ]
-    tagged.sort(key=lambda t: t[0])
-    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(tagged)), max_size=6))))
-    one = [det.new_state() for _ in range(n_dev)]
-    many = [det.new_state() for _ in range(n_dev)]
-    got: dict[int, list[EpisodeEvent]] = {d: [] for d in range(n_dev)}
-    want: dict[int, list[EpisodeEvent]] = {d: [] for d in range(n_dev)}
-    for lo, hi in itertools.pairwise([0, *cuts, len(tagged)]):
-        part = tagged[lo:hi]
-        if not part:
-            continue
-        for d in range(n_dev):
-            mine = [r for _, dd, r in part if dd == d]
-            if mine:
-                want[d] += feed(det, one[d], mine)
-        rs = [r for _, _, r in part]
-        for d, evs in det.feed_many(
-            many,
-            np.array([dd for _, dd, _ in part]),
-            np.array([r.ts for r in rs], np.int64),
-            np.array([r.code == MET for r in rs]),
-            clears=np.array([r.code == CLEAR for r in rs]),
-            ends=np.array([r.code == END for r in rs]),
-            value=np.array([r.value for r in rs]),
-            tag=np.array([r.tag for r in rs]),
-            lon_deg=np.array([r.lon for r in rs]),
-            lat_deg=np.array([r.lat for r in rs]),
-            backfill=np.array([r.backfill for r in rs]),
-        ).items():
-            got[d] += evs
-    for d in range(n_dev):
-        end = max((r.ts for r in streams_[d]), default=T0) + 1
-        want[d] += det.advance(one[d], watermark_ms=end)
-        got[d] += det.advance(many[d], watermark_ms=end)
-        assert [(e.action, e.episode._key()) for e in got[d]] == [
-            (e.action, e.episode._key()) for e in want[d]
+    with pass_mode(data):
+        open_s, close_s, gap_s = params
+        det = EpisodeDetector(
+            open_after_s=open_s, close_after_s=close_s, lateness_s=30, max_gap_s=gap_s
+        )
+        n_dev = data.draw(st.integers(1, 4))
+        streams_ = [data.draw(streams(max_runs=6)) for _ in range(n_dev)]
+        # Interleave the devices' readings, each device in a slightly shuffled order.
+        tagged = [
+            (r.ts + data.draw(st.integers(0, 90_000)), d, r)  # some beyond the lateness
+            for d, rs in enumerate(streams_)
+            for r in rs
         ]
+        tagged.sort(key=lambda t: t[0])
+        cuts = sorted(set(data.draw(st.lists(st.integers(0, len(tagged)), max_size=6))))
+        one = [det.new_state() for _ in range(n_dev)]
+        many = [det.new_state() for _ in range(n_dev)]
+        got: dict[int, list[EpisodeEvent]] = {d: [] for d in range(n_dev)}
+        want: dict[int, list[EpisodeEvent]] = {d: [] for d in range(n_dev)}
+        for lo, hi in itertools.pairwise([0, *cuts, len(tagged)]):
+            part = tagged[lo:hi]
+            if not part:
+                continue
+            for d in range(n_dev):
+                mine = [r for _, dd, r in part if dd == d]
+                if mine:
+                    want[d] += feed(det, one[d], mine)
+            rs = [r for _, _, r in part]
+            for d, evs in det.feed_many(
+                many,
+                np.array([dd for _, dd, _ in part]),
+                np.array([r.ts for r in rs], np.int64),
+                np.array([r.code == MET for r in rs]),
+                clears=np.array([r.code == CLEAR for r in rs]),
+                ends=np.array([r.code == END for r in rs]),
+                value=np.array([r.value for r in rs]),
+                tag=np.array([r.tag for r in rs]),
+                lon_deg=np.array([r.lon for r in rs]),
+                lat_deg=np.array([r.lat for r in rs]),
+                backfill=np.array([r.backfill for r in rs]),
+            ).items():
+                got[d] += evs
+        for d in range(n_dev):
+            end = max((r.ts for r in streams_[d]), default=T0) + 1
+            want[d] += det.advance(one[d], watermark_ms=end)
+            got[d] += det.advance(many[d], watermark_ms=end)
+            assert [(e.action, e.episode._key()) for e in got[d]] == [
+                (e.action, e.episode._key()) for e in want[d]
+            ]
