@@ -526,7 +526,7 @@ class EpisodeDetector:
                 and not st.emitted
                 and st.late_lane is None
                 and (st.watermark_ms is None or tmin >= st.watermark_ms)
-                and not (len(st.buf) and bool(np.any(st.buf.code == MET)))
+                and not (len(st.buf) and bool((st.buf.code == MET).any()))
             ):
                 # Quiet: only bookkeeping (see _feed); no pass, no events.
                 if st.max_ts_ms is None or tmax > st.max_ts_ms:
@@ -618,8 +618,8 @@ class EpisodeDetector:
                 state.core.phase == IDLE
                 and not state.emitted
                 and state.late_lane is None
-                and not bool(np.any(batch.code == MET))
-                and not bool(np.any(state.buf.code == MET))
+                and not bool((batch.code == MET).any())
+                and not bool((state.buf.code == MET).any())
             ):
                 # The common case: nothing under way and nothing meeting the condition.
                 # Nothing can be decided, so keep the batch aside (cheap) and merge it
@@ -663,8 +663,8 @@ class EpisodeDetector:
         state._absorb()
         buf = state.buf
         k = int(np.searchsorted(buf.ts, wm, side="left"))
-        want_value = bool(np.any(~np.isnan(buf.value))) or not math.isnan(state.core.max_value)
-        want_pos = bool(np.any(~np.isnan(buf.lon))) or not math.isnan(state.core.prev_lon)
+        want_value = not math.isnan(state.core.max_value) or bool((~np.isnan(buf.value)).any())
+        want_pos = not math.isnan(state.core.prev_lon) or bool((~np.isnan(buf.lon)).any())
         kw: dict[str, Any] = {
             "open_ms": self._open_ms,
             "close_ms": self._close_ms,
@@ -680,7 +680,7 @@ class EpisodeDetector:
             and not state.emitted
             and core.phase == IDLE
             and not flush
-            and (not instant_open or not bool(np.any(buf.code == MET)))
+            and (not instant_open or not bool((buf.code == MET).any()))
         ):
             return []
         final_eps = run_pass(core, buf.take(slice(0, k)), **kw)
@@ -704,7 +704,7 @@ class EpisodeDetector:
         if (
             not final_eps
             and not state.emitted
-            and (not instant_open or not bool(np.any(tail.code == MET)))
+            and (not instant_open or not bool((tail.code == MET).any()))
         ):
             return []
         spec_eps = run_pass(core.copy(), tail, **kw)
