@@ -267,6 +267,18 @@ class _EpisodeRule:
             self.kind, self.detector.advance(state, watermark_ms=watermark_ms), self._details
         )
 
+    def _many(
+        self,
+        states: Sequence[EpisodeState],
+        device: npt.ArrayLike,
+        ts: _I64,
+        cond: dict[str, Any],
+        details: Callable[[Episode], dict[str, Any]] | None = None,
+    ) -> dict[int, list[AlertEvent]]:
+        per = self.detector.feed_many(states, device, ts, **cond)
+        fn = self._details if details is None else details
+        return {d: _alerts(self.kind, evs, fn) for d, evs in per.items()}
+
 
 # -- 1. speeding --------------------------------------------------------------------------------
 
@@ -297,24 +309,49 @@ class Speeding(_EpisodeRule):
         lat_deg: npt.ArrayLike | None = None,
         backfill: npt.ArrayLike | None = None,
     ) -> list[AlertEvent]:
-        """Add a batch of fixes; return the alert events it makes certain."""
+        """Add a batch of one bus's fixes; return the alert events it makes certain."""
         ts = _ts(ts_ms)
-        n = ts.shape[0]
+        cond = self._cond(ts.shape[0], speed_kmh, limit_kmh, lon_deg, lat_deg, backfill)
+        return _alerts(self.kind, self.detector.feed(state, ts, **cond), self._details)
+
+    def feed_many(
+        self,
+        states: Sequence[EpisodeState],
+        *,
+        device: npt.ArrayLike,
+        ts_ms: npt.ArrayLike,
+        speed_kmh: npt.ArrayLike,
+        limit_kmh: npt.ArrayLike,
+        lon_deg: npt.ArrayLike | None = None,
+        lat_deg: npt.ArrayLike | None = None,
+        backfill: npt.ArrayLike | None = None,
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`feed` for a batch of many buses (``device`` indexes ``states``)."""
+        ts = _ts(ts_ms)
+        cond = self._cond(ts.shape[0], speed_kmh, limit_kmh, lon_deg, lat_deg, backfill)
+        return self._many(states, device, ts, cond)
+
+    def _cond(
+        self,
+        n: int,
+        speed_kmh: npt.ArrayLike,
+        limit_kmh: npt.ArrayLike,
+        lon_deg: npt.ArrayLike | None,
+        lat_deg: npt.ArrayLike | None,
+        backfill: npt.ArrayLike | None,
+    ) -> dict[str, Any]:
         speed = _f64(speed_kmh, n, "speed_kmh")
         limit = _f64(limit_kmh, n, "limit_kmh")
         limit = np.where(np.isnan(limit), self.default_limit_kmh, limit)
-        events = self.detector.feed(
-            state,
-            ts,
-            speed > limit,
-            clears=speed <= limit,
-            value=speed,
-            tag=limit,
-            lon_deg=lon_deg,
-            lat_deg=lat_deg,
-            backfill=backfill,
-        )
-        return _alerts(self.kind, events, self._details)
+        return {
+            "meets": speed > limit,
+            "clears": speed <= limit,
+            "value": speed,
+            "tag": limit,
+            "lon_deg": lon_deg,
+            "lat_deg": lat_deg,
+            "backfill": backfill,
+        }
 
     def _details(self, ep: Episode) -> dict[str, Any]:
         return {
@@ -363,9 +400,65 @@ class RouteDeviation(_EpisodeRule):
         lat_deg: npt.ArrayLike | None = None,
         backfill: npt.ArrayLike | None = None,
     ) -> list[AlertEvent]:
-        """Add a batch of fixes; return the alert events it makes certain."""
+        """Add a batch of one bus's fixes; return the alert events it makes certain."""
         ts = _ts(ts_ms)
-        n = ts.shape[0]
+        cond = self._cond(
+            ts.shape[0],
+            distance_m,
+            in_service_window,
+            school_day,
+            within_corridor,
+            route_index,
+            filing_covers,
+        )
+        events = self.detector.feed(
+            state, ts, **cond, lon_deg=lon_deg, lat_deg=lat_deg, backfill=backfill
+        )
+        ids = None if route_ids is None else list(route_ids)
+        return _alerts(self.kind, events, lambda ep: self._route_details(ep, ids))
+
+    def feed_many(
+        self,
+        states: Sequence[EpisodeState],
+        *,
+        device: npt.ArrayLike,
+        ts_ms: npt.ArrayLike,
+        distance_m: npt.ArrayLike,
+        in_service_window: npt.ArrayLike,
+        school_day: npt.ArrayLike,
+        within_corridor: npt.ArrayLike | None = None,
+        route_index: npt.ArrayLike | None = None,
+        route_ids: Sequence[str] | None = None,
+        filing_covers: npt.ArrayLike | None = None,
+        lon_deg: npt.ArrayLike | None = None,
+        lat_deg: npt.ArrayLike | None = None,
+        backfill: npt.ArrayLike | None = None,
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`feed` for many buses; ``route_index`` then indexes one shared ``route_ids``."""
+        ts = _ts(ts_ms)
+        cond = self._cond(
+            ts.shape[0],
+            distance_m,
+            in_service_window,
+            school_day,
+            within_corridor,
+            route_index,
+            filing_covers,
+        )
+        cond.update(lon_deg=lon_deg, lat_deg=lat_deg, backfill=backfill)
+        ids = None if route_ids is None else list(route_ids)
+        return self._many(states, device, ts, cond, lambda ep: self._route_details(ep, ids))
+
+    def _cond(
+        self,
+        n: int,
+        distance_m: npt.ArrayLike,
+        in_service_window: npt.ArrayLike,
+        school_day: npt.ArrayLike,
+        within_corridor: npt.ArrayLike | None,
+        route_index: npt.ArrayLike | None,
+        filing_covers: npt.ArrayLike | None,
+    ) -> dict[str, Any]:
         dist = _f64(distance_m, n, "distance_m")
         in_service = (
             _bool(in_service_window, n, "in_service_window", False)
@@ -378,21 +471,13 @@ class RouteDeviation(_EpisodeRule):
         else:
             known = np.ones(n, np.bool_)
             outside = ~_bool(within_corridor, n, "within_corridor", True)
-        tag = np.full(n, math.nan) if route_index is None else _f64(route_index, n, "route_index")
-        events = self.detector.feed(
-            state,
-            ts,
-            in_service & known & outside,
-            clears=in_service & known & ~outside,
-            ends=~in_service,
-            value=dist,
-            tag=tag,
-            lon_deg=lon_deg,
-            lat_deg=lat_deg,
-            backfill=backfill,
-        )
-        ids = None if route_ids is None else list(route_ids)
-        return _alerts(self.kind, events, lambda ep: self._route_details(ep, ids))
+        return {
+            "meets": in_service & known & outside,
+            "clears": in_service & known & ~outside,
+            "ends": ~in_service,
+            "value": dist,
+            "tag": None if route_index is None else _f64(route_index, n, "route_index"),
+        }
 
     def advance(
         self,
@@ -461,25 +546,52 @@ class OutOfHours(_EpisodeRule):
         lat_deg: npt.ArrayLike | None = None,
         backfill: npt.ArrayLike | None = None,
     ) -> list[AlertEvent]:
-        """Add a batch of fixes; return the alert events it makes certain."""
+        """Add a batch of one bus's fixes; return the alert events it makes certain."""
         ts = _ts(ts_ms)
-        n = ts.shape[0]
+        cond = self._cond(ts.shape[0], speed_kmh, in_service_window, school_day, filing_covers)
+        events = self.detector.feed(
+            state, ts, **cond, lon_deg=lon_deg, lat_deg=lat_deg, backfill=backfill
+        )
+        return _alerts(self.kind, events, self._details)
+
+    def feed_many(
+        self,
+        states: Sequence[EpisodeState],
+        *,
+        device: npt.ArrayLike,
+        ts_ms: npt.ArrayLike,
+        speed_kmh: npt.ArrayLike,
+        in_service_window: npt.ArrayLike,
+        school_day: npt.ArrayLike,
+        filing_covers: npt.ArrayLike | None = None,
+        lon_deg: npt.ArrayLike | None = None,
+        lat_deg: npt.ArrayLike | None = None,
+        backfill: npt.ArrayLike | None = None,
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`feed` for a batch of many buses (``device`` indexes ``states``)."""
+        ts = _ts(ts_ms)
+        cond = self._cond(ts.shape[0], speed_kmh, in_service_window, school_day, filing_covers)
+        cond.update(lon_deg=lon_deg, lat_deg=lat_deg, backfill=backfill)
+        return self._many(states, device, ts, cond)
+
+    def _cond(
+        self,
+        n: int,
+        speed_kmh: npt.ArrayLike,
+        in_service_window: npt.ArrayLike,
+        school_day: npt.ArrayLike,
+        filing_covers: npt.ArrayLike | None,
+    ) -> dict[str, Any]:
         speed = _f64(speed_kmh, n, "speed_kmh")
         in_service = _bool(in_service_window, n, "in_service_window", False) & _bool(
             school_day, n, "school_day", False
         )
         stop = in_service | _bool(filing_covers, n, "filing_covers", False)
-        events = self.detector.feed(
-            state,
-            ts,
-            (speed >= self.moving_kmh) & ~stop,
-            clears=speed < self.moving_kmh,
-            ends=stop,
-            lon_deg=lon_deg,
-            lat_deg=lat_deg,
-            backfill=backfill,
-        )
-        return _alerts(self.kind, events, self._details)
+        return {
+            "meets": (speed >= self.moving_kmh) & ~stop,
+            "clears": speed < self.moving_kmh,
+            "ends": stop,
+        }
 
     def advance(
         self, state: EpisodeState, *, watermark_ms: int, window_start_ms: int | None = None
@@ -583,6 +695,49 @@ class DeviceOffline:
         wm = state.max_heard_ms - round(self.lateness_s * 1000)
         return self._settle(state, wm)
 
+    def feed_many(
+        self, states: Sequence[OfflineState], *, device: npt.ArrayLike, heard_ms: npt.ArrayLike
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`feed` for a batch of many devices (``device`` indexes ``states``).
+
+        A device heard without a silence longer than its threshold anywhere
+        (the common case) only moves its last heard time, watermark included.
+        """
+        hs = _ts(heard_ms)
+        dev = np.asarray(device, np.int64)
+        if dev.shape != hs.shape:
+            raise ValueError("device must match heard_ms")
+        out: dict[int, list[AlertEvent]] = {}
+        if hs.size == 0:
+            return out
+        order = np.lexsort((hs, dev))
+        hs, dev = hs[order], dev[order]
+        starts = np.flatnonzero(np.r_[True, dev[1:] != dev[:-1]])
+        stops = np.r_[starts[1:], hs.shape[0]]
+        gaps = np.r_[0, np.diff(hs)]
+        gaps[starts] = 0
+        max_gap = np.maximum.reduceat(gaps, starts).tolist()
+        lateness_ms = round(self.lateness_s * 1000)
+        for d, lo, hi, mg in zip(
+            dev[starts].tolist(), starts.tolist(), stops.tolist(), max_gap, strict=True
+        ):
+            st = states[d]
+            first, last = int(hs[lo]), int(hs[hi - 1])
+            thr_ms = round(st.offline_after_s * 1000)
+            if not st.episodes and mg <= thr_ms and _no_silence(st, first, thr_ms):
+                # No silence over the threshold among the times known: a late reading
+                # could only shorten them, so the latest time is all that matters.
+                st.pending_ms = []
+                st.last_final_ms = st.max_heard_ms = last
+                wm = st.max_heard_ms - lateness_ms
+                if st.watermark_ms is None or wm > st.watermark_ms:
+                    st.watermark_ms = wm
+                continue
+            events = self.feed(st, heard_ms=hs[lo:hi])
+            if events:
+                out[d] = events
+        return out
+
     def advance(self, state: OfflineState, *, watermark_ms: int) -> list[AlertEvent]:
         """Move the watermark (clock tick): opens when the silence becomes certain."""
         return self._settle(state, watermark_ms)
@@ -666,6 +821,16 @@ class DeviceOffline:
                 "threshold_s": state.offline_after_s,
             },
         )
+
+
+def _no_silence(st: OfflineState, first_ms: int, thr_ms: int) -> bool:
+    """Whether no gap over ``thr_ms`` lies between the times known and the next, ``first_ms``."""
+    prev = st.since_ms if st.last_final_ms is None else st.last_final_ms
+    for t in [*st.pending_ms, first_ms]:
+        if t <= prev or t - prev > thr_ms:
+            return False
+        prev = t
+    return True
 
 
 # -- 5. smoke alarm ------------------------------------------------------------------------------
@@ -809,11 +974,30 @@ class PanicButton:
         a = np.asarray(alarm, np.int64)
         present = a >= 0
         bit = present & ((a >> _EMERGENCY_BIT) & 1).astype(np.bool_)
-        self._seen(state, ts)
         events = self._bit_detector.feed(
             state.bit, ts, bit, clears=present & ~bit, backfill=backfill
         )
         return self._from_bit(state, events)
+
+    def feed_gps_many(
+        self,
+        states: Sequence[PanicState],
+        *,
+        device: npt.ArrayLike,
+        ts_ms: npt.ArrayLike,
+        alarm: npt.ArrayLike,
+        backfill: npt.ArrayLike | None = None,
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`feed_gps` for a batch of many devices (``device`` indexes ``states``)."""
+        ts = _ts(ts_ms)
+        a = np.asarray(alarm, np.int64)
+        present = a >= 0
+        bit = present & ((a >> _EMERGENCY_BIT) & 1).astype(np.bool_)
+        per = self._bit_detector.feed_many(
+            [st.bit for st in states], device, ts, bit, clears=present & ~bit, backfill=backfill
+        )
+        out = {d: self._from_bit(states[d], evs) for d, evs in per.items()}
+        return {d: evs for d, evs in out.items() if evs}
 
     def advance(self, state: PanicState, *, watermark_ms: int) -> list[AlertEvent]:
         """Move the watermark (finalizes buffered alarm-bit readings)."""
@@ -830,7 +1014,8 @@ class PanicButton:
         if state.active is None:
             return []
         number, started, last, source, late = state.active
-        at = state.max_ts_ms if at_ms is None else at_ms
+        seen = [t for t in (state.max_ts_ms, state.bit.max_ts_ms) if t is not None]
+        at = (max(seen) if seen else None) if at_ms is None else at_ms
         at = last if at is None else max(at, last)
         state.active = None
         state.resolved_upto_ms = (
@@ -991,6 +1176,60 @@ class DeviceFault:
             out += self._source(state, name, ts_ms, on, present & ~on, backfill)
         return out
 
+    def feed_gps_many(
+        self,
+        states: Sequence[FaultState],
+        *,
+        device: npt.ArrayLike,
+        ts_ms: npt.ArrayLike,
+        alarm: npt.ArrayLike,
+        backfill: npt.ArrayLike | None = None,
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`feed_gps` for a batch of many devices (``device`` indexes ``states``).
+
+        Only devices with a fault bit set in the batch, or a fault source
+        already under way, are looked at: the rest cost nothing per device.
+        """
+        ts = _ts(ts_ms)
+        dev = np.asarray(device, np.int64)
+        a = np.asarray(alarm, np.int64)
+        n = ts.shape[0]
+        if dev.shape != (n,) or a.shape != (n,):
+            raise ValueError("device and alarm must match ts_ms")
+        bf = _bool(backfill, n, "backfill", False)
+        present = a >= 0
+        watched: dict[str, set[int]] = {}
+        for d in np.unique(dev).tolist():
+            for name in states[d].sources:
+                watched.setdefault(name, set()).add(d)
+        out: dict[int, list[AlertEvent]] = {}
+        for bit, name in GPS_FAULT_BITS.items():
+            on = present & ((a >> bit) & 1).astype(np.bool_)
+            devs = watched.get(name, set()) | set(np.unique(dev[on]).tolist())
+            if not devs:
+                continue
+            ids = np.fromiter(sorted(devs), np.int64)
+            sel = np.isin(dev, ids)
+            sub = []
+            for d in ids.tolist():
+                st = states[d].sources.get(name)
+                if st is None:
+                    st = states[d].sources[name] = EpisodeState()
+                sub.append(st)
+            per = self._detector.feed_many(
+                sub,
+                np.searchsorted(ids, dev[sel]),
+                ts[sel],
+                on[sel],
+                clears=(present & ~on)[sel],
+                backfill=bf[sel],
+            )
+            for k, evs in per.items():
+                out.setdefault(int(ids[k]), []).extend(
+                    _alerts(self.kind, evs, _fault_details(name), source=name)
+                )
+        return out
+
     def advance(self, state: FaultState, *, watermark_ms: int) -> list[AlertEvent]:
         """Move the watermark for every source."""
         out: list[AlertEvent] = []
@@ -1052,30 +1291,55 @@ class ClockSkew(_EpisodeRule):
         live_clock: bool,
         backfill: npt.ArrayLike | None = None,
     ) -> list[AlertEvent]:
-        """Add readings with their receive times; return the alert events."""
+        """Add one device's readings with their receive times; return the alert events."""
         if not live_clock:
             return []
         ts = _ts(ts_ms)
+        _, rx, cond = self._cond(np.zeros(ts.shape[0], np.int64), ts, received_ms, backfill)
+        if rx.size == 0:
+            return []
+        return _alerts(self.kind, self.detector.feed(state, rx, **cond), self._details)
+
+    def feed_many(
+        self,
+        states: Sequence[EpisodeState],
+        *,
+        device: npt.ArrayLike,
+        ts_ms: npt.ArrayLike,
+        received_ms: npt.ArrayLike,
+        live_clock: bool,
+        backfill: npt.ArrayLike | None = None,
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`feed` for a batch of many devices (``device`` indexes ``states``)."""
+        if not live_clock:
+            return {}
+        ts = _ts(ts_ms)
+        dev = np.asarray(device, np.int64)
+        dev, rx, cond = self._cond(dev, ts, received_ms, backfill)
+        return self._many(states, dev, rx, cond)
+
+    def _cond(
+        self,
+        dev: _I64,
+        ts: _I64,
+        received_ms: npt.ArrayLike,
+        backfill: npt.ArrayLike | None,
+    ) -> tuple[_I64, _I64, dict[str, Any]]:
         n = ts.shape[0]
         rx = _ts(received_ms)
-        if rx.shape != (n,):
-            raise ValueError("received_ms must match ts_ms")
+        if rx.shape != (n,) or dev.shape != (n,):
+            raise ValueError("received_ms and device must match ts_ms")
         live = ~_bool(backfill, n, "backfill", False)
-        ts, rx = ts[live], rx[live]
-        if ts.size == 0:
-            return []
-        # One reading per message (receive time): the newest fix in it.
-        order = np.lexsort((ts, rx))
-        ts, rx = ts[order], rx[order]
+        ts, rx, dev = ts[live], rx[live], dev[live]
+        # One reading per message (device and receive time): the newest fix in it.
+        order = np.lexsort((ts, rx, dev))
+        ts, rx, dev = ts[order], rx[order], dev[order]
         last = np.ones(ts.shape[0], np.bool_)
-        last[:-1] = rx[1:] != rx[:-1]
-        ts, rx = ts[last], rx[last]
+        last[:-1] = (rx[1:] != rx[:-1]) | (dev[1:] != dev[:-1])
+        ts, rx, dev = ts[last], rx[last], dev[last]
         skew_s = (ts - rx) / 1000.0
         skewed = np.abs(skew_s) > self.max_skew_s
-        events = self.detector.feed(
-            state, rx, skewed, clears=~skewed, value=np.abs(skew_s), tag=skew_s
-        )
-        return _alerts(self.kind, events, self._details)
+        return dev, rx, {"meets": skewed, "value": np.abs(skew_s), "tag": skew_s}
 
     def _details(self, ep: Episode) -> dict[str, Any]:
         return {"skew_s": _num(ep.tag_at_max, 3)}
