@@ -124,7 +124,7 @@ _NAN: Final = math.nan
 #: Watermark meaning "everything is final" when a late lane is flushed.
 _FLUSH_ALL: Final = np.iinfo(np.int64).max // 2
 #: Readings kept aside in the quiet case before they are merged and trimmed.
-_COMPACT_AT: Final = 256
+_COMPACT_AT: Final = 64
 _PHASES: Final = {IDLE: "idle", CANDIDATE: "candidate", ACTIVE: "active", CLOSING: "closing"}
 
 
@@ -506,20 +506,24 @@ class EpisodeDetector:
         out: dict[int, list[EpisodeEvent]] = {}
         if n == 0:
             return out
-        order = np.lexsort((batch.ts, dev))  # by device, then time; stable for equal ts
-        batch = batch.take(order)
-        dev = dev[order]
+        if n > 1 and not bool((dev[1:] >= dev[:-1]).all()):
+            # Group by device, keeping arrival order within a device (duplicates of a
+            # ts keep the first); ingest batches usually come grouped already.
+            order = np.argsort(dev, kind="stable")
+            batch = batch.take(order)
+            dev = dev[order]
         starts = np.flatnonzero(np.r_[True, dev[1:] != dev[:-1]])
         met_any = np.logical_or.reduceat(batch.code == MET, starts).tolist()
-        ts_min = batch.ts[starts].tolist()  # sorted within a device
+        ts_min = np.minimum.reduceat(batch.ts, starts).tolist()
+        ts_max = np.maximum.reduceat(batch.ts, starts).tolist()
         stops = [*starts[1:].tolist(), n]
-        ts_max = batch.ts[np.asarray(stops) - 1].tolist()
         lateness_ms = _ms(self.lateness_s)
         for d, lo, hi, has_met, tmin, tmax in zip(
             dev[starts].tolist(), starts.tolist(), stops, met_any, ts_min, ts_max, strict=True
         ):
             st = states[d]
-            part = batch.take(slice(lo, hi))
+            # A copy, so that readings kept aside do not hold on to the whole batch.
+            part = Buf(batch.ts[lo:hi].copy(), batch.f[lo:hi].copy(), batch.k[lo:hi].copy())
             if (
                 not has_met
                 and st.core.phase == IDLE
