@@ -14,36 +14,51 @@ number)``, unique per device.
 
 Rules, their per-device state and their calls:
 
-* :class:`Speeding`, :class:`EpisodeState`: ``feed``, ``advance``;
-* :class:`RouteDeviation`, :class:`EpisodeState`: ``feed``, ``advance(window_end_ms=)``;
-* :class:`OutOfHours`, :class:`EpisodeState`: ``feed``, ``advance(window_start_ms=)``;
-* :class:`DeviceOffline`, :class:`OfflineState`: ``feed(heard_ms=)``, ``advance``;
-* :class:`SmokeAlarm`, :class:`EpisodeState`: ``feed``, ``advance``;
-* :class:`PanicButton`, :class:`PanicState`: ``feed_button``, ``feed_gps``, ``advance``,
-  ``resolve``;
-* :class:`DeviceFault`, :class:`FaultState`: ``feed_smoke``, ``feed_button``, ``feed_gps``,
+* :class:`Speeding`, :class:`EpisodeState`: ``feed``, ``feed_many``, ``advance``;
+* :class:`RouteDeviation`, :class:`EpisodeState`: ``feed``, ``feed_many``,
+  ``advance(window_end_ms=)``;
+* :class:`OutOfHours`, :class:`EpisodeState`: ``feed``, ``feed_many``,
+  ``advance(window_start_ms=)``;
+* :class:`DeviceOffline`, :class:`OfflineState`: ``feed(heard_ms=)``, ``feed_many``,
   ``advance``;
-* :class:`ClockSkew`, :class:`EpisodeState`: ``feed(live_clock=)``, ``advance``.
+* :class:`SmokeAlarm`, :class:`EpisodeState`: ``feed``, ``advance``;
+* :class:`PanicButton`, :class:`PanicState`: ``feed_button``, ``feed_gps``,
+  ``feed_gps_many``, ``advance``, ``resolve``;
+* :class:`DeviceFault`, :class:`FaultState`: ``feed_smoke``, ``feed_button``, ``feed_gps``,
+  ``feed_gps_many``, ``advance``;
+* :class:`ClockSkew`, :class:`EpisodeState`: ``feed(live_clock=)``, ``feed_many``,
+  ``advance``.
 
+``feed`` takes one device's batch; ``feed_many(states, device=...)`` takes a
+whole ingest batch of many devices (``device[i]`` indexes ``states``) and
+returns ``{device index: events}``; it gives exactly the events of one
+``feed`` per device, but a device with nothing under way costs microseconds.
 Times are int64 epoch milliseconds (UTC). ``advance`` takes the device
 watermark (see :meth:`alerts.episodes.EpisodeDetector.advance`): under the
 event clock the newest event time seen minus the lateness; it lets
 duration-based decisions become final and closes episodes without new
-readings. Per batch, the engine calls, for a bus's GPS device::
+readings. Per committed ingest batch of GPS fixes, the engine calls::
 
-    ev = speeding.feed(st.speeding, ts_ms=ts, speed_kmh=v, limit_kmh=limit,
-                       lon_deg=lon, lat_deg=lat, backfill=bf)
-    ev += deviation.feed(st.deviation, ts_ms=ts, distance_m=d, within_corridor=inside,
-                         route_index=ri, route_ids=ids, in_service_window=win,
-                         school_day=school, filing_covers=detour, lon_deg=lon, lat_deg=lat)
-    ev += out_of_hours.feed(st.ooh, ts_ms=ts, speed_kmh=v, in_service_window=win,
-                            school_day=school, filing_covers=moving_filed, ...)
-    ev += panic.feed_gps(st.panic, ts_ms=ts, alarm=alarm)
-    ev += fault.feed_gps(st.fault, ts_ms=ts, alarm=alarm)
-    ev += skew.feed(st.skew, ts_ms=ts, received_ms=rx, live_clock=live)
-    ev += offline.feed(st.offline, heard_ms=ts)          # every channel, event clock
+    by_dev = speeding.feed_many(st.speeding, device=dev, ts_ms=ts, speed_kmh=v,
+                                limit_kmh=limit, lon_deg=lon, lat_deg=lat, backfill=bf)
+    by_dev = deviation.feed_many(st.deviation, device=dev, ts_ms=ts, distance_m=d,
+                                 within_corridor=inside, route_index=ri, route_ids=ids,
+                                 in_service_window=win, school_day=school,
+                                 filing_covers=detour, lon_deg=lon, lat_deg=lat)
+    by_dev = out_of_hours.feed_many(st.ooh, device=dev, ts_ms=ts, speed_kmh=v,
+                                    in_service_window=win, school_day=school,
+                                    filing_covers=moving_filed, lon_deg=lon, lat_deg=lat)
+    by_dev = panic.feed_gps_many(st.panic, device=dev, ts_ms=ts, alarm=alarm)
+    by_dev = fault.feed_gps_many(st.fault, device=dev, ts_ms=ts, alarm=alarm)
+    by_dev = skew.feed_many(st.skew, device=dev, ts_ms=ts, received_ms=rx, live_clock=live)
+    by_dev = offline.feed_many(st.offline, device=dev, heard_ms=ts)  # every channel
 
-and on every clock tick, for every device, ``advance(state, watermark_ms=...)``.
+(smoke and button events, rare, go through the per-device ``feed`` calls),
+then on every clock tick, for each device with something under way or
+buffered, ``advance(state, watermark_ms=...)`` (``window_end_ms`` /
+``window_start_ms`` when a service window ended or began), and
+``panic.resolve(state)`` when a person resolves a panic alert. States are
+rebuilt from ``to_dict()`` JSON after a restart.
 """
 
 from __future__ import annotations
@@ -266,6 +281,13 @@ class _EpisodeRule:
         return _alerts(
             self.kind, self.detector.advance(state, watermark_ms=watermark_ms), self._details
         )
+
+    def advance_many(
+        self, states: Sequence[EpisodeState], *, watermark_ms: int
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`advance` every state to one watermark (skips quiet ones); events by index."""
+        per = self.detector.advance_many(states, watermark_ms=watermark_ms)
+        return {d: _alerts(self.kind, evs, self._details) for d, evs in per.items()}
 
     def _many(
         self,
@@ -738,6 +760,26 @@ class DeviceOffline:
                 out[d] = events
         return out
 
+    def advance_many(
+        self, states: Sequence[OfflineState], *, watermark_ms: int
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`advance` every state to one watermark; events by index.
+
+        A device heard within its threshold, with nothing pending, costs a comparison.
+        """
+        out: dict[int, list[AlertEvent]] = {}
+        for d, st in enumerate(states):
+            if not st.episodes and not st.pending_ms:
+                base = st.since_ms if st.last_final_ms is None else st.last_final_ms
+                if watermark_ms - base <= round(st.offline_after_s * 1000):
+                    if st.watermark_ms is None or watermark_ms > st.watermark_ms:
+                        st.watermark_ms = watermark_ms
+                    continue
+            events = self.advance(st, watermark_ms=watermark_ms)
+            if events:
+                out[d] = events
+        return out
+
     def advance(self, state: OfflineState, *, watermark_ms: int) -> list[AlertEvent]:
         """Move the watermark (clock tick): opens when the silence becomes certain."""
         return self._settle(state, watermark_ms)
@@ -1005,6 +1047,14 @@ class PanicButton:
             state, self._bit_detector.advance(state.bit, watermark_ms=watermark_ms)
         )
 
+    def advance_many(
+        self, states: Sequence[PanicState], *, watermark_ms: int
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`advance` every state (skips quiet ones); events by index."""
+        per = self._bit_detector.advance_many([st.bit for st in states], watermark_ms=watermark_ms)
+        out = {d: self._from_bit(states[d], evs) for d, evs in per.items()}
+        return {d: evs for d, evs in out.items() if evs}
+
     def resolve(self, state: PanicState, *, at_ms: int | None = None) -> list[AlertEvent]:
         """A person resolved the alert: close it. ``at_ms``: event time of the resolution.
 
@@ -1228,6 +1278,24 @@ class DeviceFault:
                 out.setdefault(int(ids[k]), []).extend(
                     _alerts(self.kind, evs, _fault_details(name), source=name)
                 )
+        return out
+
+    def advance_many(
+        self, states: Sequence[FaultState], *, watermark_ms: int
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`advance` every state (skips sources with nothing under way); events by index."""
+        out: dict[int, list[AlertEvent]] = {}
+        for d, state in enumerate(states):
+            for name, st in state.sources.items():
+                if st.quiet:
+                    if st.watermark_ms is None or watermark_ms > st.watermark_ms:
+                        st.watermark_ms = watermark_ms
+                    continue
+                events = self._detector.advance(st, watermark_ms=watermark_ms)
+                if events:
+                    out.setdefault(d, []).extend(
+                        _alerts(self.kind, events, _fault_details(name), source=name)
+                    )
         return out
 
     def advance(self, state: FaultState, *, watermark_ms: int) -> list[AlertEvent]:

@@ -670,13 +670,15 @@ def fleets(draw: st.DrawFn):
                          alarm[i], int(ts[i]) - skew[i] * S))  # fmt: skip
     rows.sort(key=lambda r: r[0])
     cuts = draw(st.lists(st.integers(0, len(rows)), max_size=8))
-    return rows, sorted({0, len(rows), *cuts})
+    bounds = sorted({0, len(rows), *cuts})
+    ticks = draw(st.lists(st.booleans(), min_size=len(bounds), max_size=len(bounds)))
+    return rows, bounds, ticks
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fleet=fleets())
 def test_feed_many_equals_one_feed_per_device_for_every_gps_rule(fleet) -> None:
-    rows, bounds = fleet
+    rows, bounds, ticks = fleet
     n_dev = 1 + max((r[1] for r in rows), default=0)
     speeding, deviation, ooh = Speeding(), RouteDeviation(), OutOfHours()
     panic, fault, skew, offline = PanicButton(), DeviceFault(), ClockSkew(), DeviceOffline()
@@ -695,7 +697,23 @@ def test_feed_many_equals_one_feed_per_device_for_every_gps_rule(fleet) -> None:
     one, many = fresh(), fresh()
     want: dict[int, list[AlertEvent]] = {d: [] for d in range(n_dev)}
     got: dict[int, list[AlertEvent]] = {d: [] for d in range(n_dev)}
-    for a, b in itertools.pairwise(bounds):
+    tickers = [
+        ("speeding", speeding),
+        ("deviation", deviation),
+        ("ooh", ooh),
+        ("panic", panic),
+        ("fault", fault),
+        ("offline", offline),
+    ]
+    for (a, b), tick in zip(itertools.pairwise(bounds), ticks, strict=False):
+        if tick and a < len(rows):
+            # An engine tick at a valid watermark: nothing older is still to come.
+            wm = min(r[2] for r in rows[a:]) - 1
+            for name, rule in tickers:
+                for d in range(n_dev):
+                    want[d] += rule.advance(one[name][d], watermark_ms=wm)  # type: ignore[attr-defined]
+                for d, evs in rule.advance_many(many[name], watermark_ms=wm).items():  # type: ignore[attr-defined]
+                    got[d] += evs
         part = rows[a:b]
         cols = [np.asarray(c) for c in zip(*part, strict=True)] if part else []
         if not part:
@@ -737,17 +755,41 @@ def test_feed_many_equals_one_feed_per_device_for_every_gps_rule(fleet) -> None:
         for per in results:
             for d, evs in per.items():
                 got[d] += evs
+    end = T0 + 10**7
+    for name, rule in tickers:
+        for d in range(n_dev):
+            want[d] += rule.advance(one[name][d], watermark_ms=end)  # type: ignore[attr-defined]
+        for d, evs in rule.advance_many(many[name], watermark_ms=end).items():  # type: ignore[attr-defined]
+            got[d] += evs
     for d in range(n_dev):
-        end = T0 + 10**7
-        for st_one, st_many, rule in (
-            (one["speeding"][d], many["speeding"][d], speeding),
-            (one["deviation"][d], many["deviation"][d], deviation),
-            (one["ooh"][d], many["ooh"][d], ooh),
-            (one["panic"][d], many["panic"][d], panic),
-            (one["fault"][d], many["fault"][d], fault),
-            (one["offline"][d], many["offline"][d], offline),
-        ):
-            want[d] += rule.advance(st_one, watermark_ms=end)  # type: ignore[attr-defined]
-            got[d] += rule.advance(st_many, watermark_ms=end)  # type: ignore[attr-defined]
         # Per rule the order of events is the same; across rules it may differ.
         assert sorted(got[d], key=repr) == sorted(want[d], key=repr)
+
+
+def test_offline_advance_many_opens_exactly_when_the_silence_exceeds_the_threshold() -> None:
+    states = [OFF.new_state(offline_after_s=300, since_ms=T0) for _ in range(3)]
+    OFF.feed_many(states, device=[0, 1, 1], heard_ms=secs(10, 20, 100))
+    assert OFF.advance_many(states, watermark_ms=T0 + 300_000) == {}  # not more than 300 s
+    got = OFF.advance_many(states, watermark_ms=T0 + 310_001)
+    assert {d: [(e.action, e.started_at_ms - T0) for e in evs] for d, evs in got.items()} == {
+        0: [("open", 310_000)],
+        2: [("open", 300_000)],
+    }
+    got = OFF.advance_many(states, watermark_ms=T0 + 400_001)
+    assert {d: [e.action for e in evs] for d, evs in got.items()} == {1: ["open"]}
+
+
+def test_episode_advance_many_skips_quiet_states_but_moves_their_watermark() -> None:
+    rule = Speeding()
+    states = [rule.new_state() for _ in range(2)]
+    rule.feed_many(
+        states,
+        device=[0] * 12 + [1] * 3,
+        ts_ms=np.r_[secs(*range(12)), secs(0, 1, 2)],
+        speed_kmh=[70] * 12 + [40] * 3,
+        limit_kmh=np.full(15, 60.0),
+    )
+    assert not states[0].quiet and states[1].quiet
+    got = rule.advance_many(states, watermark_ms=T0 + 11_000)
+    assert [(d, [e.action for e in evs]) for d, evs in got.items()] == [(0, ["open"])]
+    assert states[1].watermark_ms == T0 + 11_000
