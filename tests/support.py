@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from core.settings import MqttUrl
 
-__all__ = ["connect_mqtt", "wait_for_broker", "wait_for_database"]
+__all__ = ["connect_mqtt", "running_serve", "wait_for_broker", "wait_for_database"]
 
 _PROBE_DEADLINE_S = 30.0
 
@@ -74,3 +83,57 @@ def wait_for_broker(url: MqttUrl, *, deadline_s: float = _PROBE_DEADLINE_S) -> N
             client.loop_stop()
             client.disconnect()
             return
+
+
+@contextlib.contextmanager
+def running_serve(
+    database_url: str, *, clock: str, client_id: str, root: Path
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Run ``anxiao serve`` on a free loopback port until the block ends.
+
+    Yields the base URL once ``/readyz`` answers 200 (ingest subscribed), and the
+    process. On exit it stops the service with SIGTERM and prints its output,
+    which pytest shows when the test failed.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {
+        **os.environ,
+        "ANXIAO_DATABASE_URL": database_url,
+        "ANXIAO_HTTP_PORT": str(port),
+        "ANXIAO_INGEST_CLIENT_ID": client_id,
+        # The broker forgets the test's session soon after it ends.
+        "ANXIAO_INGEST_SESSION_EXPIRY_S": "60",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "anxiao", "serve", "--clock", clock],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        with httpx.Client(base_url=base, timeout=2.0) as http:
+            while True:  # readiness: /readyz turns 200 once ingest has subscribed
+                if process.poll() is not None:
+                    raise RuntimeError("serve exited before it was ready")
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("serve did not become ready within 30 s")
+                time.sleep(0.05)
+        yield base, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+        if process.stdout:
+            print(process.stdout.read())
+            process.stdout.close()

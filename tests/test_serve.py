@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,64 +16,20 @@ from core.credentials import create_token
 from core.fleet import import_fleet
 from core.settings import Settings
 from tests.core.sample_fleet import sample_fleet
-from tests.support import connect_mqtt
+from tests.support import connect_mqtt, running_serve
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def service(fresh_database_url: str, broker: Settings) -> Iterator[dict[str, Any]]:
     tag = f"sv{time.monotonic_ns() % 10**8}"
     import_fleet(sample_fleet(tag), database_url=fresh_database_url)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "ANXIAO_DATABASE_URL": fresh_database_url,
-        "ANXIAO_HTTP_PORT": str(port),
-        "ANXIAO_INGEST_CLIENT_ID": f"serve-test-{tag}",
-        "ANXIAO_INGEST_SESSION_EXPIRY_S": "60",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "anxiao", "serve", "--clock", "event"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    with httpx.Client(base_url=base, timeout=2.0) as http:
-        while True:  # readiness: /readyz turns 200 once ingest has subscribed
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                if http.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.05)
-    token = create_token(database_url=fresh_database_url, role="monitor", scope_id=None)
-    yield {
-        "base": base,
-        "tag": tag,
-        "token": token,
-        "process": process,
-        "database_url": fresh_database_url,
-    }
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
-    output = process.stdout.read() if process.stdout else ""
-    if process.stdout:
-        process.stdout.close()
-    print(output)  # shown by pytest when the test fails
+    with running_serve(
+        fresh_database_url, clock="event", client_id=f"serve-test-{tag}", root=ROOT
+    ) as (base, process):
+        token = create_token(database_url=fresh_database_url, role="monitor", scope_id=None)
+        yield {"base": base, "tag": tag, "token": token, "process": process}
 
 
 def test_serve_ingests_and_answers(service: dict[str, Any], broker: Settings) -> None:

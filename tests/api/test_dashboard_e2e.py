@@ -14,10 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +31,7 @@ from core.credentials import create_token
 from core.fleet import import_fleet
 from core.settings import Settings
 from tests.core.sample_fleet import sample_fleet
-from tests.support import connect_mqtt
+from tests.support import connect_mqtt, running_serve
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -54,60 +50,22 @@ PANIC_BUDGET_MS = 2000
 ALARM = re.compile(r"\balarm\b")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def service(fresh_database_url: str, broker: Settings) -> Iterator[dict[str, Any]]:
     """``anxiao serve --clock live`` on a sample fleet, ready by ``/readyz``; a monitor token."""
     tag = f"e2e{time.monotonic_ns() % 10**8}"
     import_fleet(sample_fleet(tag), database_url=fresh_database_url)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "ANXIAO_DATABASE_URL": fresh_database_url,
-        "ANXIAO_HTTP_PORT": str(port),
-        "ANXIAO_INGEST_CLIENT_ID": f"dashboard-e2e-{tag}",
-        "ANXIAO_INGEST_SESSION_EXPIRY_S": "60",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "anxiao", "serve", "--clock", "live"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    with httpx.Client(base_url=base, timeout=2.0) as http:
-        while True:  # readiness: /readyz turns 200 once ingest has subscribed
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                if http.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.05)
-        leaflet = http.get("/static/vendor/leaflet/leaflet.js")
+    with running_serve(
+        fresh_database_url, clock="live", client_id=f"dashboard-e2e-{tag}", root=ROOT
+    ) as (base, _process):
+        leaflet = httpx.get(f"{base}/static/vendor/leaflet/leaflet.js", timeout=5.0)
         assert leaflet.status_code == 200, "Leaflet is not installed: run `bash scripts/web.sh`"
-    yield {
-        "base": base,
-        "tag": tag,
-        "token": create_token(database_url=fresh_database_url, role="monitor", scope_id=None),
-        "database_url": fresh_database_url,
-    }
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
-    output = process.stdout.read() if process.stdout else ""
-    if process.stdout:
-        process.stdout.close()
-    print(output)  # shown by pytest when the test fails
+        yield {
+            "base": base,
+            "tag": tag,
+            "token": create_token(database_url=fresh_database_url, role="monitor", scope_id=None),
+            "database_url": fresh_database_url,
+        }
 
 
 @pytest.fixture(scope="module")
