@@ -211,10 +211,15 @@ EOF
     # Role and database; timescaledb in template1 so that every database
     # made from it (the test suite makes its own) already has the extension.
     pg_psql -d template1 -c "SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS timescaledb"
-    if [ "$(pg_psql -d postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'")" != 1 ]; then
-        pg_psql -d postgres -c "CREATE ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD'"
-        changed=1
-    fi
+    # A superuser, as POSTGRES_USER is in the official image: dropping a test
+    # database must end TimescaleDB's scheduler, a superuser backend that
+    # attaches to any database living longer than its launcher's poll.
+    case "$(pg_psql -d postgres -tAc "SELECT rolsuper FROM pg_roles WHERE rolname = '$PG_USER'")" in
+        t) ;;
+        f) pg_psql -d postgres -c "ALTER ROLE $PG_USER SUPERUSER"; changed=1 ;;
+        *) pg_psql -d postgres -c "CREATE ROLE $PG_USER LOGIN SUPERUSER PASSWORD '$PG_PASSWORD'"
+           changed=1 ;;
+    esac
     if [ "$(pg_psql -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]; then
         pg_psql -d postgres -c "CREATE DATABASE $PG_DB OWNER $PG_USER"
         changed=1
