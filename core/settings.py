@@ -76,6 +76,23 @@ class Settings(BaseSettings):
     #: Event-time lateness tolerated without changing alerts (contract §3).
     allowed_lateness_s: float = Field(default=30.0, ge=0)
 
+    # ---- rules (block owned by alerts/engine.py; contract §3 defaults) ----
+    speeding_open_s: float = Field(default=10.0, ge=0)
+    speeding_close_s: float = Field(default=10.0, ge=0)
+    #: Limit where no speed zone applies.
+    default_limit_kmh: float = Field(default=60.0, gt=0)
+    deviation_open_s: float = Field(default=30.0, ge=0)
+    deviation_close_s: float = Field(default=30.0, ge=0)
+    out_of_hours_open_s: float = Field(default=60.0, ge=0)
+    out_of_hours_close_s: float = Field(default=120.0, ge=0)
+    #: At or above this speed a bus is moving (out_of_hours).
+    moving_kmh: float = Field(default=5.0, gt=0)
+    clock_skew_max_s: float = Field(default=300.0, gt=0)
+    #: Live clock: how often silent devices are checked (offline, closing episodes).
+    rules_tick_s: float = Field(default=1.0, gt=0)
+    #: After a restart, readings this far back are replayed to rebuild rule state.
+    rules_rebuild_lookback_s: float = Field(default=900.0, ge=0)
+
     # ---- ingest (block owned by ingest/; see ingest/service.py) ----------
     #: MQTT client id of this ingest worker; give each worker of a shared group its own,
     #: stable id (its persistent session holds its share of in-flight messages).
