@@ -79,14 +79,27 @@ RETURNING id
 """
 
 _UPDATE = """
-UPDATE alerts
-   SET started_at = $4, ended_at = coalesce($5, ended_at), details = details || $6::jsonb,
-       late = late OR $7,
-       state = CASE WHEN $8 AND kind <> ALL($9::text[]) THEN 'cleared' ELSE state END,
-       updated_at = now()
- WHERE device_id = $1 AND kind = $2 AND episode_key = $3
-   AND (state = 'active' OR started_at = $4)
- RETURNING id
+WITH target AS (
+    SELECT id FROM alerts
+     WHERE device_id = $1 AND kind = $2 AND episode_key = $3
+       AND (state = 'active' OR started_at = $4)
+     ORDER BY started_at = $4 DESC, state = 'active' DESC
+     LIMIT 1
+), next AS (
+    SELECT a.id, $4::timestamptz AS started_at, coalesce($5, a.ended_at) AS ended_at,
+           a.details || $6::jsonb AS details, a.late OR $7 AS late,
+           CASE WHEN $8 AND a.kind <> ALL($9::text[]) THEN 'cleared' ELSE a.state END AS state
+      FROM alerts a JOIN target USING (id)
+)
+UPDATE alerts a
+   SET started_at = n.started_at, ended_at = n.ended_at, details = n.details, late = n.late,
+       state = n.state, updated_at = now()
+  FROM next n
+ WHERE a.id = n.id
+   -- A change that changes nothing (a replay after a restart) writes nothing.
+   AND (a.started_at, a.ended_at, a.details, a.late, a.state)
+       IS DISTINCT FROM (n.started_at, n.ended_at, n.details, n.late, n.state)
+RETURNING a.id
 """
 
 
@@ -127,7 +140,7 @@ async def apply_changes(conn: AsyncConnection, changes: Sequence[EpisodeChange])
                 latched,
             )
         if alert_id is None:
-            continue  # nothing active to update (resolved by hand, or unknown device)
+            continue  # nothing to change: already so, resolved by hand, or unknown device
         event_ids.append(await _event(conn, alert_id, action))
     return event_ids
 

@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from alerts.runner import EngineRunner
 from api import create_app
 from api.stream import EventHub
 from core.db import create_pool
@@ -52,14 +53,20 @@ class Service:
         self.hub: EventHub = self.app.state.hub
         self.app.state.basemap_tile_url = settings.basemap_tile_url
         self.ingestor = Ingestor(IngestConfig.from_settings(settings), hook=self.on_batch)
-        self.app.state.metrics = lambda: render_metrics(self.ingestor.metrics)
+        self.app.state.metrics = lambda: (
+            render_metrics(self.ingestor.metrics)
+            + ("" if self.engine is None else self.engine.render_metrics())
+        )
         self._registry_loaded = False
         self.app.state.readiness = lambda: {
             "ingest": self.ingestor.ready.is_set(),
             "registry": self._registry_loaded,
+            "rules": self.engine is not None and self.engine.ready.is_set(),
         }
         self.registry = Registry(timezone=settings.timezone)
         self.rules: list[Callable[[IngestBatch, Registry], Awaitable[None]]] = []
+        #: The alerts engine, made once the registry is loaded (:meth:`run`).
+        self.engine: EngineRunner | None = None
         self._server = _QuietServer(
             uvicorn.Config(
                 self.app,
@@ -153,6 +160,9 @@ class Service:
     async def run(self) -> None:
         """Run everything until stopped."""
         await self.reload_registry()
+        self.engine = EngineRunner(self.settings, clock=self.clock, registry=self.registry)
+        await self.engine.start()
+        self.rules.append(self.engine.on_batch)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
@@ -160,6 +170,7 @@ class Service:
             background = [
                 tasks.create_task(self._watch_fleet(), name="fleet-watch"),
                 tasks.create_task(self._retention(), name="retention"),
+                tasks.create_task(self.engine.run(), name="rules-clock"),
             ]
             api = tasks.create_task(self._server.serve(), name="api")
             ingest = tasks.create_task(self.ingestor.run(), name="ingest")
@@ -174,6 +185,7 @@ class Service:
             await api
             for task in background:
                 task.cancel()
+        await self.engine.close()
 
 
 def main(*, settings: Settings, clock: Clock) -> int:

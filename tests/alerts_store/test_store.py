@@ -36,8 +36,8 @@ async def test_episode_is_stored_once_and_resolves_ids(database_url: str, tag: s
         opening = EpisodeChange("open", "speeding", device, T0, details={"max_speed_kmh": 70.0})
         async with conn.transaction():
             await apply_changes(conn, [opening])
-        async with conn.transaction():  # a replay of the same episode
-            await apply_changes(conn, [opening])
+        async with conn.transaction():  # a replay of the same episode changes nothing
+            assert await apply_changes(conn, [opening]) == []
         async with conn.transaction():  # a later reading refines it
             await apply_changes(
                 conn,
@@ -88,7 +88,17 @@ async def test_episode_is_stored_once_and_resolves_ids(database_url: str, tag: s
                 "SELECT action FROM alert_events WHERE alert_id = $1 ORDER BY id", row["id"]
             )
         ]
-        assert actions == ["open", "update", "update", "close"]
+        assert actions == ["open", "update", "close"]
+        replayed = EpisodeChange(
+            "open",
+            "speeding",
+            device,
+            T0 - timedelta(seconds=2),
+            details={"max_speed_kmh": 74.2, "duration_s": 42},
+        )
+        async with conn.transaction():  # the refined episode replayed after a restart
+            assert await apply_changes(conn, [replayed]) == []
+        assert len(await _rows(conn, device)) == 1
     finally:
         await conn.close()
 

@@ -1,0 +1,683 @@
+"""The alerts engine: committed ingest batches in, alert changes out (pure, synchronous).
+
+:class:`AlertEngine` holds the rules of contract §3 with one state per device
+and rule (lists indexed by ``devices.key``), the fleet prepared for the
+geofence kernels (:class:`alerts.geometry.FleetGeometry`) and the filings. Per
+batch (:meth:`AlertEngine.process`) it computes, for all GPS fixes at once,
+the projected positions, speed (derived from consecutive fixes when the
+device sent none), speed limit, distance to the assigned routes, service
+window, school day and filing masks, feeds every rule's ``feed_many`` and
+turns the rules' events into :class:`alerts.store.EpisodeChange` values; on
+every clock tick (:meth:`AlertEngine.tick`) it moves the watermarks so that
+silent devices go offline and decisions that became certain are emitted.
+:mod:`alerts.runner` does the I/O around it.
+
+Clocks. Under the **event clock** the engine's "now" is the newest event time
+it has seen (replays and simulations give the alerts live traffic would);
+under the **live clock** it is wall time. A device's watermark is that now
+minus the allowed lateness; under the live clock it is shifted by the
+device's clock offset (``ts`` minus receive time) when that is more than
+:data:`SKEW_TOLERANCE_MS`, so a slow clock does not make everything it sends
+"late". ``device_offline`` counts silence in event time under the event
+clock and in receive time under the live clock.
+
+Duplicates (``new`` false) are not fed to the rules: they were seen before,
+or they are in the database that the state was rebuilt from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from alerts.episodes import EpisodeState
+from alerts.geometry import Filing, FilingIndex, FleetGeometry, next_window_start, window_end
+from alerts.rules import (
+    AlertEvent,
+    ClockSkew,
+    DeviceFault,
+    DeviceOffline,
+    FaultState,
+    OfflineState,
+    OutOfHours,
+    PanicButton,
+    PanicState,
+    RouteDeviation,
+    SmokeAlarm,
+    Speeding,
+)
+from alerts.store import EpisodeChange
+from core.registry import Registry
+from core.settings import Settings
+from geofence import speed_limit_kmh
+from ingest import IngestBatch
+
+__all__ = ["SKEW_TOLERANCE_MS", "AlertEngine", "Clock", "RuleSet", "coalesce"]
+
+Clock = Literal["live", "event"]
+_F64 = npt.NDArray[np.float64]
+_I64 = npt.NDArray[np.int64]
+_BOOL = npt.NDArray[np.bool_]
+
+#: Device clock offsets smaller than this (ms) are latency, not skew: left alone.
+SKEW_TOLERANCE_MS: Final = 60_000
+#: Speed is derived only between fixes at most this far apart (ms).
+_SPEED_GAP_MS: Final = 60_000
+#: Event-clock ticks happen when the clock moved at least this much (ms).
+_TICK_EVERY_MS: Final = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """The eight rules with their thresholds."""
+
+    speeding: Speeding
+    deviation: RouteDeviation
+    out_of_hours: OutOfHours
+    offline: DeviceOffline
+    smoke: SmokeAlarm
+    panic: PanicButton
+    fault: DeviceFault
+    skew: ClockSkew
+    lateness_s: float
+
+    @staticmethod
+    def from_settings(settings: Settings, *, clock: Clock) -> RuleSet:
+        """Thresholds from the settings (contract §3 defaults)."""
+        late = settings.allowed_lateness_s
+        return RuleSet(
+            speeding=Speeding(
+                open_after_s=settings.speeding_open_s,
+                close_after_s=settings.speeding_close_s,
+                default_limit_kmh=settings.default_limit_kmh,
+                lateness_s=late,
+            ),
+            deviation=RouteDeviation(
+                open_after_s=settings.deviation_open_s,
+                close_after_s=settings.deviation_close_s,
+                lateness_s=late,
+            ),
+            out_of_hours=OutOfHours(
+                open_after_s=settings.out_of_hours_open_s,
+                close_after_s=settings.out_of_hours_close_s,
+                moving_kmh=settings.moving_kmh,
+                lateness_s=late,
+            ),
+            # Live: silence is measured on receive times, which are never out of order.
+            offline=DeviceOffline(lateness_s=late if clock == "event" else 0.0),
+            smoke=SmokeAlarm(lateness_s=late),
+            panic=PanicButton(lateness_s=late),
+            fault=DeviceFault(lateness_s=late),
+            skew=ClockSkew(max_skew_s=settings.clock_skew_max_s, lateness_s=0.0),
+            lateness_s=late,
+        )
+
+
+class _States:
+    """Per-rule state lists indexed by device key (grown as devices are registered)."""
+
+    def __init__(self) -> None:
+        self.speeding: list[EpisodeState] = []
+        self.deviation: list[EpisodeState] = []
+        self.out_of_hours: list[EpisodeState] = []
+        self.smoke: list[EpisodeState] = []
+        self.skew: list[EpisodeState] = []
+        self.panic: list[PanicState] = []
+        self.fault: list[FaultState] = []
+        self.offline: list[OfflineState | None] = []
+
+    def grow(self, size: int) -> None:
+        for states in (self.speeding, self.deviation, self.out_of_hours, self.smoke, self.skew):
+            states.extend(EpisodeState() for _ in range(size - len(states)))
+        self.panic.extend(PanicState() for _ in range(size - len(self.panic)))
+        self.fault.extend(FaultState() for _ in range(size - len(self.fault)))
+        self.offline.extend(None for _ in range(size - len(self.offline)))
+
+    def episode_rules(self) -> list[tuple[str, list[EpisodeState]]]:
+        return [
+            ("speeding", self.speeding),
+            ("deviation", self.deviation),
+            ("out_of_hours", self.out_of_hours),
+            ("smoke", self.smoke),
+            ("skew", self.skew),
+        ]
+
+
+def _grow(array: npt.NDArray[Any], size: int, fill: Any) -> npt.NDArray[Any]:
+    if array.size >= size:
+        return array
+    out = np.full(size, fill, dtype=array.dtype)
+    out[: array.size] = array
+    return out
+
+
+class AlertEngine:
+    """Rules over committed batches; see the module docstring."""
+
+    def __init__(
+        self,
+        rules: RuleSet,
+        *,
+        clock: Clock,
+        registry: Registry,
+        filings: Iterable[Filing] = (),
+        now_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.rules = rules
+        self.clock: Clock = clock
+        self._wall_ms = now_ms or (lambda: int(dt.datetime.now(dt.UTC).timestamp() * 1000))
+        self._lateness_ms = round(rules.lateness_s * 1000)
+        self.states = _States()
+        self._offset_ms: _I64 = np.zeros(0, dtype=np.int64)
+        self._last_ts: _I64 = np.zeros(0, dtype=np.int64)
+        self._last_x: _F64 = np.zeros(0)
+        self._last_y: _F64 = np.zeros(0)
+        #: Newest event time seen (event clock "now"), and the first one.
+        self.event_now_ms: int | None = None
+        self.first_event_ms: int | None = None
+        self._last_tick_ms: int | None = None
+        self._filings: list[Filing] = list(filings)
+        self.registry = registry
+        self.geometry = FleetGeometry(registry)
+        self.filings = FilingIndex(self._filings, self.geometry)
+        self._route_ids: list[str] = []
+        self.set_registry(registry)
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def set_registry(self, registry: Registry) -> None:
+        """A new fleet: prepare its geometry; keep every known device's state."""
+        self.registry = registry
+        self.geometry = FleetGeometry(registry)
+        self.filings = FilingIndex(self._filings, self.geometry)
+        self._route_ids = [*self.geometry.route_ids, *self.filings.detour_route_ids]
+        size = max(registry.devices, default=-1) + 1
+        self._ensure(size)
+        for key, device in registry.devices.items():
+            st = self.states.offline[key]
+            if st is not None:
+                st.offline_after_s = float(device.offline_after_s)
+
+    def set_filings(self, filings: Iterable[Filing]) -> None:
+        """Replace the movement filings and detours."""
+        self._filings = list(filings)
+        self.filings = FilingIndex(self._filings, self.geometry)
+        self._route_ids = [*self.geometry.route_ids, *self.filings.detour_route_ids]
+
+    def _ensure(self, size: int) -> None:
+        self.states.grow(size)
+        self._offset_ms = _grow(self._offset_ms, size, 0)
+        self._last_ts = _grow(self._last_ts, size, np.iinfo(np.int64).min)
+        self._last_x = _grow(self._last_x, size, np.nan)
+        self._last_y = _grow(self._last_y, size, np.nan)
+
+    def _offline_state(self, key: int) -> OfflineState:
+        st = self.states.offline[key]
+        if st is None:
+            device = self.registry.devices.get(key)
+            threshold = float(device.offline_after_s) if device else 300.0
+            if self.clock == "event":
+                since = self.first_event_ms if self.first_event_ms is not None else 0
+            else:
+                since = int(device.registered_at.timestamp() * 1000) if device else self._wall_ms()
+            st = self.rules.offline.new_state(offline_after_s=threshold, since_ms=since)
+            self.states.offline[key] = st
+        return st
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def process(self, batch: IngestBatch, *, replay: bool = False) -> list[EpisodeChange]:
+        """Feed one committed batch to the rules; return the alert changes it decides.
+
+        ``replay``: stored readings replayed after a restart; panic presses and
+        edges are left out (latched alarms are seeded from their alert rows, and
+        a press already resolved must not latch again).
+        """
+        events: dict[int, list[AlertEvent]] = defaultdict(list)
+        channels = [batch.gps, batch.heartbeat, batch.smoke, batch.button]
+        top = max((int(c.device_key.max()) for c in channels if len(c)), default=-1)
+        if top < 0:
+            return []
+        self._ensure(top + 1)
+        self._observe_clocks(channels, batch.gps.backfill)
+        self._heard(channels, events)
+        self._gps(batch, events, replay=replay)
+        self._smoke(batch, events)
+        self._button(batch, events, replay=replay)
+        return self._changes(events)
+
+    def _observe_clocks(self, channels: Sequence[Any], gps_backfill: _BOOL) -> None:
+        """The event clock's now, and (live clock) each device's clock offset."""
+        ts_parts, rx_parts, key_parts = [], [], []
+        for i, c in enumerate(channels):
+            live = c.new & ~gps_backfill if i == 0 else c.new
+            ts_parts.append(c.ts_ms[live])
+            rx_parts.append(c.received_ms[live])
+            key_parts.append(c.device_key[live].astype(np.int64))
+        ts = np.concatenate(ts_parts)
+        if ts.size == 0:
+            return
+        if self.clock == "event":
+            # A replay runs faster than real time, so receive times say nothing about
+            # a device's clock; every reading moves the event clock.
+            newest = int(ts.max())
+            if self.event_now_ms is None or newest > self.event_now_ms:
+                self.event_now_ms = newest
+            if self.first_event_ms is None:
+                self.first_event_ms = int(ts.min())
+            return
+        keys = np.concatenate(key_parts)
+        lag = ts - np.concatenate(rx_parts)
+        order = np.argsort(keys, kind="stable")
+        keys, lag = keys[order], lag[order]
+        last = np.r_[keys[1:] != keys[:-1], True]
+        offset = lag[last]
+        offset[np.abs(offset) < SKEW_TOLERANCE_MS] = 0
+        self._offset_ms[keys[last]] = offset
+
+    def _heard(self, channels: Sequence[Any], events: dict[int, list[AlertEvent]]) -> None:
+        keys = np.concatenate([c.device_key for c in channels]).astype(np.int64)
+        if self.clock == "event":
+            heard = np.concatenate([c.ts_ms for c in channels])
+        else:
+            heard = np.concatenate([c.received_ms for c in channels])
+        if self.first_event_ms is None and heard.size:
+            self.first_event_ms = int(heard.min())
+        for k in np.unique(keys).tolist():
+            self._offline_state(k)
+        states: list[OfflineState] = self.states.offline  # type: ignore[assignment]
+        for d, evs in self.rules.offline.feed_many(states, device=keys, heard_ms=heard).items():
+            events[d] += evs
+
+    def _gps(
+        self, batch: IngestBatch, events: dict[int, list[AlertEvent]], *, replay: bool
+    ) -> None:
+        gps = batch.gps
+        if len(gps) == 0 or not gps.new.any():
+            return
+        g = gps.select(gps.new) if not gps.new.all() else gps
+        keys = g.device_key.astype(np.int64)
+        ts = g.ts_ms
+        lon, lat = g.lon, g.lat
+        bf = g.backfill
+        x, y = self.geometry.project(lon, lat)
+        speed = self._speed(keys, ts, x, y, g.speed_kmh.astype(np.float64))
+        bus = self.geometry.bus_of(keys)
+        routed = self.geometry.routed(bus)
+        has_bus = bus >= 0
+        st = self.states
+        r = self.rules
+
+        limit = speed_limit_kmh(
+            x, y, ts, zones=self.geometry.zones, default_kmh=r.speeding.default_limit_kmh
+        )
+        self._collect(
+            events,
+            r.speeding.feed_many(
+                st.speeding,
+                device=keys,
+                ts_ms=ts,
+                speed_kmh=speed,
+                limit_kmh=limit,
+                lon_deg=lon,
+                lat_deg=lat,
+                backfill=bf,
+            ),
+        )
+
+        window = self.geometry.in_windows(ts, bus)
+        school = self.geometry.school_days(ts)
+        rd = self.geometry.distances(x, y, bus)
+        suppressed, det = self.filings.detour(x, y, bus, ts)
+        on_detour = det.within_corridor
+        nearer = det.distance_m < rd.distance_m
+        distance = np.where(nearer, det.distance_m, rd.distance_m)
+        n_main = len(self.geometry.route_ids)
+        route_index = np.where(nearer, det.route_index + n_main, rd.route_index)
+        deviating = routed & has_bus
+        if deviating.any():
+            self._collect(
+                events,
+                r.deviation.feed_many(
+                    st.deviation,
+                    device=keys,
+                    ts_ms=ts,
+                    distance_m=distance,
+                    within_corridor=rd.within_corridor | on_detour,
+                    route_index=route_index,
+                    route_ids=self._route_ids,
+                    in_service_window=window & routed,
+                    school_day=school,
+                    filing_covers=suppressed,
+                    lon_deg=lon,
+                    lat_deg=lat,
+                    backfill=bf,
+                ),
+            )
+
+        if has_bus.any():
+            # Devices without a bus are never "outside service".
+            self._collect(
+                events,
+                r.out_of_hours.feed_many(
+                    st.out_of_hours,
+                    device=keys,
+                    ts_ms=ts,
+                    speed_kmh=speed,
+                    in_service_window=window | ~has_bus,
+                    school_day=school | ~has_bus,
+                    filing_covers=self.filings.movement_covers(bus, ts),
+                    lon_deg=lon,
+                    lat_deg=lat,
+                    backfill=bf,
+                ),
+            )
+
+        alarm = g.alarm
+        if not replay:
+            self._collect(
+                events,
+                r.panic.feed_gps_many(st.panic, device=keys, ts_ms=ts, alarm=alarm, backfill=bf),
+            )
+        self._collect(
+            events, r.fault.feed_gps_many(st.fault, device=keys, ts_ms=ts, alarm=alarm, backfill=bf)
+        )
+        self._collect(
+            events,
+            r.skew.feed_many(
+                st.skew,
+                device=keys,
+                ts_ms=ts,
+                received_ms=g.received_ms,
+                live_clock=self.clock == "live",
+                backfill=bf,
+            ),
+        )
+
+    def _speed(self, keys: _I64, ts: _I64, x: _F64, y: _F64, reported: _F64) -> _F64:
+        """Reported speed, else derived from the previous fix of the same device (km/h)."""
+        speed = reported.copy()
+        missing = np.isnan(speed)
+        if missing.any():
+            prev_ts = np.r_[np.int64(0), ts[:-1]]
+            prev_x = np.r_[np.nan, x[:-1]]
+            prev_y = np.r_[np.nan, y[:-1]]
+            first = np.r_[True, keys[1:] != keys[:-1]]
+            prev_ts[first] = self._last_ts[keys[first]]
+            prev_x[first] = self._last_x[keys[first]]
+            prev_y[first] = self._last_y[keys[first]]
+            gap = ts - prev_ts
+            ok = missing & (gap > 0) & (gap <= _SPEED_GAP_MS)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                derived = np.hypot(x - prev_x, y - prev_y) / (gap / 1000.0) * 3.6
+            speed[ok] = derived[ok]
+        last = np.r_[keys[1:] != keys[:-1], True]
+        newer = ts[last] > self._last_ts[keys[last]]
+        k = keys[last][newer]
+        self._last_ts[k] = ts[last][newer]
+        self._last_x[k] = x[last][newer]
+        self._last_y[k] = y[last][newer]
+        return speed
+
+    def _smoke(self, batch: IngestBatch, events: dict[int, list[AlertEvent]]) -> None:
+        smoke = batch.smoke
+        for key, rows in _by_device(smoke.device_key, smoke.new):
+            ts = smoke.ts_ms[rows]
+            state = smoke.state[rows]
+            events[key] += self.rules.smoke.feed(
+                self.states.smoke[key],
+                ts_ms=ts,
+                smoke_state=state,
+                obscuration=smoke.obscuration[rows].astype(np.float64),
+            )
+            events[key] += self.rules.fault.feed_smoke(
+                self.states.fault[key], ts_ms=ts, smoke_state=state
+            )
+
+    def _button(
+        self, batch: IngestBatch, events: dict[int, list[AlertEvent]], *, replay: bool
+    ) -> None:
+        button = batch.button
+        for key, rows in _by_device(button.device_key, button.new):
+            ts = button.ts_ms[rows]
+            event = button.event[rows]
+            if not replay:
+                events[key] += self.rules.panic.feed_button(
+                    self.states.panic[key], ts_ms=ts, event=event
+                )
+            events[key] += self.rules.fault.feed_button(
+                self.states.fault[key], ts_ms=ts, event=event
+            )
+
+    @staticmethod
+    def _collect(events: dict[int, list[AlertEvent]], found: dict[int, list[AlertEvent]]) -> None:
+        for d, evs in found.items():
+            events[d] += evs
+
+    # -- clock ticks -------------------------------------------------------------------------
+
+    def now_ms(self) -> int | None:
+        """The engine's clock: newest event time (event clock) or wall time (live)."""
+        return self.event_now_ms if self.clock == "event" else self._wall_ms()
+
+    def tick(self, *, force: bool = False) -> list[EpisodeChange]:
+        """Move every device's watermark to now − lateness; return the changes that became certain.
+
+        Under the event clock it does nothing until the clock moved by a
+        second since the last tick (unless ``force``).
+        """
+        now = self.now_ms()
+        if now is None:
+            return []
+        if (
+            not force
+            and self._last_tick_ms is not None
+            and now - self._last_tick_ms < _TICK_EVERY_MS
+        ):
+            return []
+        self._last_tick_ms = now
+        events: dict[int, list[AlertEvent]] = defaultdict(list)
+        wm = now - self._lateness_ms
+        self._advance_episode_rules(wm, events)
+        self._advance_offline(now if self.clock == "live" else wm, events)
+        return self._changes(events)
+
+    def _advance_episode_rules(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
+        r, st = self.rules, self.states
+        offset = self._offset_ms
+        skewed = set(np.flatnonzero(offset).tolist())
+
+        def device_wm(k: int) -> int:
+            return wm + int(offset[k]) if k in skewed else wm
+
+        for k, s in enumerate(st.speeding):
+            if not s.quiet:
+                events[k] += r.speeding.advance(s, watermark_ms=device_wm(k))
+        for k, s in enumerate(st.smoke):
+            if not s.quiet:
+                events[k] += r.smoke.advance(s, watermark_ms=device_wm(k))
+        for k, s in enumerate(st.skew):
+            if not s.quiet:
+                events[k] += r.skew.advance(s, watermark_ms=self._wall_ms())
+        for k, s in enumerate(st.deviation):
+            if s.quiet:
+                continue
+            kw = device_wm(k)
+            ep = s.open_episode
+            bus = int(self.geometry.bus_of(np.asarray([k]))[0])
+            end = window_end(self.geometry, bus, ep.last_met_ms) if ep and bus >= 0 else None
+            events[k] += r.deviation.advance(
+                s,
+                watermark_ms=kw,
+                window_end_ms=end if end is not None and end <= kw else None,
+                route_ids=self._route_ids,
+            )
+        for k, s in enumerate(st.out_of_hours):
+            if s.quiet:
+                continue
+            kw = device_wm(k)
+            ep = s.open_episode
+            bus = int(self.geometry.bus_of(np.asarray([k]))[0])
+            begin = (
+                next_window_start(self.geometry, bus, ep.last_met_ms) if ep and bus >= 0 else None
+            )
+            events[k] += r.out_of_hours.advance(
+                s,
+                watermark_ms=kw,
+                window_start_ms=begin if begin is not None and begin <= kw else None,
+            )
+        for k, p in enumerate(st.panic):
+            if not p.bit.quiet:
+                events[k] += r.panic.advance(p, watermark_ms=device_wm(k))
+        for k, f in enumerate(st.fault):
+            if f.sources and not all(s.quiet for s in f.sources.values()):
+                events[k] += r.fault.advance(f, watermark_ms=device_wm(k))
+
+    def _advance_offline(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
+        for key, device in self.registry.devices.items():
+            if device.retired or key >= len(self.states.offline):
+                continue
+            st = self._offline_state(key)
+            found = self.rules.offline.advance_many([st], watermark_ms=wm)
+            if found:
+                events[key] += found[0]
+
+    # -- restart -----------------------------------------------------------------------------
+
+    def seed(
+        self,
+        *,
+        last_heard_ms: dict[int, int],
+        active: Iterable[tuple[int | None, str, int, dict[str, Any]]],
+    ) -> None:
+        """After a replay: last heard times, and the offline and panic alerts still open.
+
+        ``active``: ``(device key, kind, started_at ms, details)`` of active alert rows.
+        """
+        for key, heard in last_heard_ms.items():
+            if key >= len(self.states.offline) or key not in self.registry.devices:
+                continue
+            st = self._offline_state(key)
+            if st.max_heard_ms is None:
+                st.last_final_ms = st.max_heard_ms = heard
+            elif heard > st.max_heard_ms:
+                self.rules.offline.feed(st, heard_ms=[heard])
+        for k, kind, started_ms, details in active:
+            if k is None or k >= len(self.states.offline):
+                continue
+            if kind == "device_offline":
+                off = self._offline_state(k)
+                if not off.episodes:
+                    seen = details.get("last_seen_at")
+                    last = None if seen is None else _parse_ms(seen)
+                    off.episodes.append([off.next_number, last, None])
+                    off.next_number += 1
+            elif kind == "panic_button":
+                p = self.states.panic[k]
+                if p.active is None:
+                    source = details.get("source", "button")
+                    p.active = [p.next_number, started_ms, started_ms, source, False]
+                    p.next_number += 1
+
+    # -- people ------------------------------------------------------------------------------
+
+    def resolved(self, key: int, *, at_ms: int | None = None) -> None:
+        """A person resolved the device's panic alert: later presses open a new one."""
+        if key < len(self.states.panic):
+            self.rules.panic.resolve(self.states.panic[key], at_ms=at_ms)
+
+    # -- output ------------------------------------------------------------------------------
+
+    def _changes(self, events: dict[int, list[AlertEvent]]) -> list[EpisodeChange]:
+        out: list[EpisodeChange] = []
+        for key, evs in events.items():
+            if not evs:
+                continue
+            device = self.registry.devices.get(key)
+            if device is None:
+                continue
+            for ev in coalesce(evs):
+                out.append(to_change(device.id, ev))
+        return out
+
+
+def _parse_ms(text: str) -> int:
+    return int(dt.datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def _by_device(device_key: npt.NDArray[Any], new: _BOOL) -> list[tuple[int, _I64]]:
+    rows = np.flatnonzero(new)
+    if rows.size == 0:
+        return []
+    keys = device_key[rows].astype(np.int64)
+    out: dict[int, list[int]] = defaultdict(list)
+    for k, i in zip(keys.tolist(), rows.tolist(), strict=True):
+        out[k].append(i)
+    return [(k, np.asarray(v, dtype=np.int64)) for k, v in out.items()]
+
+
+def coalesce(events: Sequence[AlertEvent]) -> list[AlertEvent]:
+    """One batch's events per episode reduced to what the store needs, in order.
+
+    An open followed by updates becomes one open with the latest data; any
+    number of updates one update; a close stays a close (after its open).
+    """
+    groups: dict[tuple[str, str | None, int, bool], list[AlertEvent]] = {}
+    for ev in events:
+        groups.setdefault((*ev.key, ev.late), []).append(ev)
+    out: list[AlertEvent] = []
+    for group in groups.values():
+        last = group[-1]
+        opened = any(e.action == "open" for e in group)
+        closed = last.action == "close"
+        if opened:
+            out.append(_with(last, "open"))
+        elif not closed:
+            out.append(_with(last, "update"))
+        if closed:
+            out.append(last)
+    return out
+
+
+def _with(ev: AlertEvent, action: Any) -> AlertEvent:
+    return AlertEvent(
+        kind=ev.kind,
+        action=action,
+        number=ev.number,
+        source=ev.source,
+        started_at_ms=ev.started_at_ms,
+        ended_at_ms=ev.ended_at_ms if action == "close" else None,
+        at_ms=ev.at_ms,
+        late=ev.late,
+        details=ev.details,
+    )
+
+
+def _dt(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000.0, dt.UTC)
+
+
+def episode_key(ev: AlertEvent) -> str:
+    """The store's episode key: the fault source, and late episodes apart from live ones."""
+    key = ev.source or ""
+    return f"{key}~late" if ev.late else key
+
+
+def to_change(device_id: str, ev: AlertEvent) -> EpisodeChange:
+    """An alert event of the rules as a change for :func:`alerts.store.apply_changes`."""
+    return EpisodeChange(
+        action=ev.action,
+        kind=ev.kind,
+        device_id=device_id,
+        started_at=_dt(ev.started_at_ms),
+        ended_at=None if ev.ended_at_ms is None else _dt(ev.ended_at_ms),
+        details=ev.details,
+        episode_key=episode_key(ev),
+        late=ev.late,
+    )
