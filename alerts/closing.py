@@ -1,0 +1,315 @@
+"""The closing loop: everything that happens after an alert, as one background entry point.
+
+``ClosingLoop(settings).run()`` runs four supervised tasks in one
+``asyncio.TaskGroup`` (conventions #7), each round in its own transaction:
+
+* ``outbox``   delivers due webhooks and e-mails (:mod:`alerts.outbox`);
+* ``notices``  puts new violations into notices, sends the due ones, and
+  escalates unanswered ones into the ledger (:mod:`alerts.notices`);
+* ``ledger``   runs the monitoring rules and flags overdue entries for
+  supervision (:mod:`alerts.ledger`);
+* ``digest``   at ``digest_local_time`` builds yesterday's digest once (a
+  ``digest_runs`` row decides which process does it) and mails it through
+  the outbox (:mod:`alerts.digest`).
+
+A task that loses the database waits with a capped, jittered exponential
+backoff and tries again; nothing is held in memory between rounds, so a
+restart (or a second process) loses and duplicates nothing. Cancelling
+``run()`` stops it. :meth:`ClosingLoop.run_once` does one round of each at a
+given time, for tests and the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import httpx
+import psycopg
+
+from alerts.digest import DigestRules, build_digest, render_html, render_xlsx
+from alerts.ledger import LedgerRules, flag_overdue, local_timezone, scan_monitoring
+from alerts.notices import NoticePolicy, collect_notices, escalate_overdue
+from alerts.outbox import DeliveryPolicy, DeliveryRound, SmtpConfig, deliver_due, email_message
+from alerts.outbox import enqueue as enqueue_delivery
+from core.db import AsyncConnection, create_pool
+from core.settings import Settings
+
+__all__ = ["ClosingLoop", "RoundReport", "enqueue_digest_mail"]
+
+log = logging.getLogger("anxiao.closing")
+
+#: Errors a round survives: the database or a receiver went away.
+_TRANSIENT: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    psycopg.OperationalError,
+)
+_BACKOFF_INITIAL_S: Final = 0.2
+_BACKOFF_MAX_S: Final = 30.0
+
+
+@dataclass(slots=True)
+class RoundReport:
+    """What one :meth:`ClosingLoop.run_once` did."""
+
+    notices_sent: list[int] = field(default_factory=list)
+    escalated: list[int] = field(default_factory=list)
+    hazards_created: dict[str, list[int]] = field(default_factory=dict)
+    supervised: list[int] = field(default_factory=list)
+    digest_day: date | None = None
+    deliveries: DeliveryRound = field(default_factory=DeliveryRound)
+
+
+class ClosingLoop:
+    """Notices, ledger scans, digests and the outbox, supervised (see the module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        s = settings
+        smtp = (
+            SmtpConfig(
+                host=s.smtp_host,
+                port=s.smtp_port,
+                sender=s.smtp_from,
+                username=s.smtp_username,
+                password=s.smtp_password,
+                starttls=s.smtp_starttls,
+                timeout_s=s.smtp_timeout_s,
+            )
+            if s.smtp_host
+            else None
+        )
+        self.delivery = DeliveryPolicy(
+            max_attempts=s.outbox_max_attempts,
+            backoff_initial_s=s.outbox_backoff_initial_s,
+            backoff_max_s=s.outbox_backoff_max_s,
+            webhook_timeout_s=s.webhook_timeout_s,
+            smtp=smtp,
+        )
+        self.ledger_rules = LedgerRules(
+            offline_after_s=s.ledger_offline_after_s,
+            repeat_violations=s.ledger_repeat_violations,
+            repeat_window_days=s.ledger_repeat_window_days,
+            button_test_days=s.ledger_button_test_days,
+            deadline_days=s.ledger_auto_deadline_days,
+        )
+        self.digest_rules = DigestRules(
+            repeat_violations=s.ledger_repeat_violations,
+            repeat_window_days=s.ledger_repeat_window_days,
+            test_window_days=s.ledger_button_test_days,
+        )
+        hour, minute = (int(x) for x in s.digest_local_time.split(":"))
+        self.digest_at = dtime(hour, minute)
+        self.digest_to = [a.strip() for a in s.digest_email_to.split(",") if a.strip()]
+        self._pool: asyncpg.Pool[Any] | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    # ------------------------------------------------------------ entry points
+    async def run(self) -> None:
+        """Run every task until cancelled; survives database restarts."""
+        self._http = httpx.AsyncClient(follow_redirects=False)
+        try:
+            self._pool = await self._connect()
+            poll_s = self.settings.closing_poll_s
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._every("outbox", poll_s, self._outbox), name="outbox")
+                tasks.create_task(self._every("notices", poll_s, self._notices), name="notices")
+                tasks.create_task(
+                    self._every("ledger", self.settings.ledger_scan_interval_s, self._ledger),
+                    name="ledger",
+                )
+                tasks.create_task(
+                    self._every("digest", max(poll_s, 30.0), self._digest), name="digest"
+                )
+        finally:
+            await self._close()
+
+    async def run_once(self, *, now: datetime | None = None) -> RoundReport:
+        """One round of each task as of ``now`` (default: the current time)."""
+        now = now or datetime.now(UTC)
+        opened = self._pool is None
+        if opened:
+            self._pool = await create_pool(
+                database_url=self.settings.database_url,
+                max_size=3,
+                application_name="anxiao-closing",
+            )
+            self._http = httpx.AsyncClient(follow_redirects=False)
+        report = RoundReport()
+        try:
+            await self._notices(now, report)
+            await self._ledger(now, report)
+            await self._digest(now, report)
+            await self._outbox(now, report)
+        finally:
+            if opened:
+                await self._close()
+        return report
+
+    # ------------------------------------------------------------------- tasks
+    async def _timezone(self, conn: AsyncConnection) -> str:
+        return await local_timezone(conn, default=self.settings.timezone)
+
+    def _notice_policy(self, timezone: str) -> NoticePolicy:
+        s = self.settings
+        return NoticePolicy(
+            batch_window_s=s.notice_batch_window_s,
+            answer_window_s=s.notice_answer_window_s,
+            critical_over_ratio=s.notice_critical_over_ratio,
+            email_sender=s.smtp_from,
+            timezone=timezone,
+            escalation_deadline_days=s.ledger_auto_deadline_days,
+        )
+
+    async def _outbox(self, now: datetime, report: RoundReport) -> None:
+        assert self._pool is not None
+        assert self._http is not None
+        done = await deliver_due(self._pool, policy=self.delivery, http=self._http)
+        report.deliveries.delivered += done.delivered
+        report.deliveries.retried += done.retried
+        report.deliveries.failed += done.failed
+
+    async def _notices(self, now: datetime, report: RoundReport) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            policy = self._notice_policy(await self._timezone(conn))
+            done = await collect_notices(conn, now=now, policy=policy)
+            report.notices_sent += done.sent
+            report.escalated += await escalate_overdue(conn, now=now, policy=policy)
+
+    async def _ledger(self, now: datetime, report: RoundReport) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            timezone = await self._timezone(conn)
+            counts = await scan_monitoring(
+                conn, now=now, timezone=timezone, rules=self.ledger_rules
+            )
+            for rule, c in counts.items():
+                report.hazards_created.setdefault(rule, []).extend(c.created)
+            today = now.astimezone(ZoneInfo(timezone)).date()
+            report.supervised += await flag_overdue(conn, today=today)
+
+    async def _digest(self, now: datetime, report: RoundReport) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            timezone = await self._timezone(conn)
+            local = now.astimezone(ZoneInfo(timezone))
+            if local.time() < self.digest_at:
+                return
+            day = local.date() - timedelta(days=1)
+            if await conn.fetchval("SELECT 1 FROM digest_runs WHERE day = $1", day):
+                return
+        digest = await asyncio.to_thread(self._build, day, timezone, now)
+        async with self._pool.acquire() as conn, conn.transaction():
+            won = await conn.fetchval(
+                "INSERT INTO digest_runs (day, content) VALUES ($1, $2::jsonb)"
+                " ON CONFLICT (day) DO NOTHING RETURNING day",
+                day,
+                json.dumps(digest, ensure_ascii=False, default=str),
+            )
+            if won is None:
+                return  # another process built it first
+            if self.digest_to:
+                await enqueue_digest_mail(
+                    conn, digest, sender=self.settings.smtp_from, to=self.digest_to
+                )
+        report.digest_day = day
+        log.info("digest of %s built%s", day, " and queued for mail" if self.digest_to else "")
+
+    def _build(self, day: date, timezone: str, now: datetime) -> dict[str, Any]:
+        with psycopg.connect(self.settings.database_url) as conn:
+            return build_digest(conn, day=day, timezone=timezone, rules=self.digest_rules, now=now)
+
+    # ------------------------------------------------------------- supervision
+    async def _every(
+        self,
+        name: str,
+        interval_s: float,
+        step: Callable[[datetime, RoundReport], Awaitable[None]],
+    ) -> None:
+        backoff_s = _BACKOFF_INITIAL_S
+        while True:
+            try:
+                await step(datetime.now(UTC), RoundReport())
+            except _TRANSIENT as exc:
+                log.warning("closing %s: %s; retrying in %.1f s", name, exc, backoff_s)
+                await asyncio.sleep(backoff_s * random.uniform(0.5, 1.0))
+                backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
+                continue
+            backoff_s = _BACKOFF_INITIAL_S
+            await asyncio.sleep(interval_s)
+
+    async def _connect(self) -> asyncpg.Pool[Any]:
+        backoff_s = _BACKOFF_INITIAL_S
+        while True:
+            try:
+                return await create_pool(
+                    database_url=self.settings.database_url,
+                    max_size=4,
+                    application_name="anxiao-closing",
+                )
+            except _TRANSIENT as exc:
+                log.warning(
+                    "closing: database unreachable (%s); retrying in %.1f s", exc, backoff_s
+                )
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
+
+    async def _close(self) -> None:
+        pool, self._pool = self._pool, None
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
+        if pool is not None:
+            await _quiet_close(pool)
+
+
+async def _quiet_close(pool: asyncpg.Pool[Any]) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), timeout=5.0)
+    except (TimeoutError, *_TRANSIENT):
+        pool.terminate()
+
+
+async def enqueue_digest_mail(
+    conn: AsyncConnection, digest: dict[str, Any], *, sender: str, to: list[str]
+) -> int:
+    """Queue the digest e-mail (HTML body, XLSX attached) in the caller's transaction."""
+    totals = digest["totals"]
+    text = (
+        f"安校每日通报 {digest['date']}：告警 {totals['alerts']} 起，"
+        f"违规 {totals['violations']} 起，屡教不改校车 {len(digest['repeat_offenders'])} 辆；"
+        f"新增隐患 {digest['ledger']['new']} 条，销号 {digest['ledger']['closed']} 条，"
+        f"逾期 {digest['ledger']['overdue']} 条。详见附件。"
+    )
+    message = email_message(
+        sender=sender,
+        to=to,
+        subject=f"安校每日通报 {digest['date']} daily digest",
+        text=text,
+        html=render_html(digest),
+        attachments=[
+            (
+                f"anxiao-digest-{digest['date']}.xlsx",
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                render_xlsx(digest),
+            )
+        ],
+    )
+    return await enqueue_delivery(
+        conn, channel="email", target=", ".join(to), event="digest", body=message
+    )
