@@ -123,6 +123,44 @@ class Settings(BaseSettings):
     ingest_shutdown_timeout_s: float = Field(default=30.0, gt=0)
     # ---- end of the ingest block -------------------------------------------
 
+    # ---- closing the loop (block owned by alerts/closing.py: ledger, notices,
+    # ---- outbox, digests; see docs/closing.md) -----------------------------
+    #: Local time (HH:MM, in the fleet's timezone) at which yesterday's digest is built and mailed.
+    digest_local_time: str = Field(default="07:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    #: Bureau addresses the daily digest is mailed to (comma-separated); empty: not mailed.
+    digest_email_to: str = ""
+    #: SMTP relay for notices and digests; an empty host leaves e-mails pending in the outbox.
+    smtp_host: str = ""
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_from: str = "anxiao@localhost"
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    smtp_timeout_s: float = Field(default=10.0, gt=0)
+    #: Ordinary violations of one operator are collected this long into one notice.
+    notice_batch_window_s: int = Field(default=3600, ge=0)
+    #: An operator has this long to answer a notice before it escalates into the ledger.
+    notice_answer_window_s: int = Field(default=48 * 3600, ge=60)
+    #: Speeding this far over the limit (0.5 = 50 %) is critical: its notice goes at once.
+    notice_critical_over_ratio: float = Field(default=0.5, gt=0)
+    #: Outbox delivery: attempts before giving up, and the capped exponential backoff.
+    outbox_max_attempts: int = Field(default=8, ge=1)
+    outbox_backoff_initial_s: float = Field(default=30.0, gt=0)
+    outbox_backoff_max_s: float = Field(default=3600.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    #: How often the loop looks for work (outbox rows, notices, ledger scans).
+    closing_poll_s: float = Field(default=5.0, gt=0)
+    #: How often the ledger's monitoring rules and the overdue check run.
+    ledger_scan_interval_s: float = Field(default=600.0, gt=0)
+    #: Monitoring-rule thresholds of automatic ledger entries.
+    ledger_offline_after_s: int = Field(default=24 * 3600, ge=60)
+    ledger_repeat_violations: int = Field(default=3, ge=1)
+    ledger_repeat_window_days: int = Field(default=7, ge=1)
+    ledger_button_test_days: int = Field(default=90, ge=1)
+    #: Days an automatic entry gets to be rectified (its deadline).
+    ledger_auto_deadline_days: int = Field(default=7, ge=1)
+    # ---- end of the closing block ------------------------------------------
+
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
         if self.env == "production":
