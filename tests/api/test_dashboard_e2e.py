@@ -137,17 +137,8 @@ def store_episode(database_url: str, change: EpisodeChange) -> None:
         pool.submit(asyncio.run, write()).result(10)
 
 
-def press_by_store(_settings: Settings, service: dict[str, Any], device: str) -> None:
-    """The ``panic_button`` episode the engine would store for a press, committed directly."""
-    change = EpisodeChange(
-        "open", "panic_button", device, datetime.now(UTC), details={"source": "button"}
-    )
-    store_episode(service["database_url"], change)
-
-
-#: Until the alerts engine runs inside ``anxiao serve``, the press is stored
-#: directly; once it does, this one line becomes ``press_button = press_by_mqtt``.
-press_button: Callable[[Settings, dict[str, Any], str], None] = press_by_store
+#: The press goes over MQTT; the alerts engine inside ``anxiao serve`` raises the alert.
+press_button: Callable[[Settings, dict[str, Any], str], None] = press_by_mqtt
 
 
 # --------------------------------------------------------------------- test
