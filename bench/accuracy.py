@@ -9,7 +9,11 @@ against ``ground_truth.jsonl`` (see :mod:`simulators.score`). Prints
 and writes it to ``bench/results/accuracy.json``. The baseline is the ground
 truth itself: the goal is precision and recall 1.0 for every kind.
 
-    .venv/bin/python bench/accuracy.py [--buses 40] [--schools 8] [--duration 12h]
+    .venv/bin/python bench/accuracy.py [--buses 40] [--schools 8] [--duration 60h] [--start T]
+
+The default run starts on Saturday 2026-11-21 at 06:00 and lasts 60 h, so the
+weekend (out-of-hours on a non-school day, with and without a filing) and a
+school day (every other scenario) are both in it.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--buses", type=int, default=40)
     parser.add_argument("--schools", type=int, default=8)
-    parser.add_argument("--duration", default="12h")
+    parser.add_argument("--duration", default="60h", help="from a Saturday 06:00: weekend + Monday")
+    parser.add_argument("--start", default="2026-11-21T06:00:00+08:00", help="RFC 3339, a Saturday")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
@@ -55,6 +60,7 @@ def main() -> int:
                 buses=args.buses,
                 schools=args.schools,
                 duration=args.duration,
+                start=args.start,
                 seed=args.seed,
             )
     finally:

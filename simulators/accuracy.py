@@ -34,6 +34,10 @@ __all__ = ["replay_and_score"]
 _METRIC = re.compile(r"^(anxiao_\w+?)(?:\{[^}]*\})? (\d+(?:\.\d+)?)$", re.MULTILINE)
 
 
+#: How old replayed readings may be: ten years.
+_REPLAY_VALID_S = 10 * 365 * 86400
+
+
 def _metrics(http: httpx.Client) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, value in _METRIC.findall(http.get("/metrics").text):
@@ -73,6 +77,7 @@ def replay_and_score(
     buses: int,
     schools: int,
     duration: str,
+    start: str = "2026-11-23T06:00:00+08:00",
     seed: int = 7,
     clock: str = "event",
     id_prefix: str = "",
@@ -81,7 +86,7 @@ def replay_and_score(
     """Run the whole replay; return the score plus counts and timings."""
     sim_args = [
         "--buses", str(buses), "--schools", str(schools), "--duration", duration,
-        "--seed", str(seed), "--quiet",
+        "--seed", str(seed), "--start", start, "--quiet",
     ]  # fmt: skip
     if id_prefix:
         sim_args += ["--id-prefix", id_prefix]
@@ -102,6 +107,9 @@ def replay_and_score(
         "ANXIAO_HTTP_PORT": str(port),
         "ANXIAO_INGEST_CLIENT_ID": f"anxiao-accuracy-{os.getpid()}-{port}",
         "ANXIAO_INGEST_SESSION_EXPIRY_S": "60",
+        # A scripted day stays valid however long ago it was (contract §1's 7-day
+        # window is for devices, not for replays of a fixed, reproducible day).
+        "ANXIAO_MAX_PAST_S": str(_REPLAY_VALID_S),
     }
     log_path = workdir / "serve.log"
     with log_path.open("w") as log:
@@ -168,6 +176,7 @@ def replay_and_score(
     result = score(truth, alerts, clock=clock)
     result.update(
         buses=buses,
+        start=start,
         duration=duration,
         clock=clock,
         filings=n_filings,
