@@ -65,7 +65,8 @@ async def _commit(url: str, rows: list[dict[str, Any]]) -> None:
         last = rows[-1]
         await conn.execute(
             "INSERT INTO device_status (device_key, last_seen_at, last_event_at)"
-            " VALUES ($1, $2, $3) ON CONFLICT (device_key) DO UPDATE SET last_seen_at = $2, last_event_at = $3",
+            " VALUES ($1, $2, $3) ON CONFLICT (device_key)"
+            " DO UPDATE SET last_seen_at = $2, last_event_at = $3",
             last["device_key"],
             last["received_at"],
             last["ts"],
