@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
+from pathlib import Path
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
@@ -37,14 +38,36 @@ import httpx
 import psycopg
 
 from alerts.digest import DigestRules, build_digest, render_html, render_xlsx
-from alerts.ledger import LedgerRules, flag_overdue, local_timezone, scan_monitoring
+from alerts.ledger import (
+    LedgerRules,
+    flag_overdue,
+    ledger_xlsx,
+    local_timezone,
+    month_rows,
+    scan_monitoring,
+)
 from alerts.notices import NoticePolicy, collect_notices, escalate_overdue
-from alerts.outbox import DeliveryPolicy, DeliveryRound, SmtpConfig, deliver_due, email_message
+from alerts.outbox import (
+    DeliveryPolicy,
+    DeliveryRound,
+    SmtpConfig,
+    deliver_due,
+    email_message,
+    webhook_secret,
+)
 from alerts.outbox import enqueue as enqueue_delivery
 from core.db import AsyncConnection, create_pool
+from core.errors import ConfigError
 from core.settings import Settings
 
-__all__ = ["ClosingLoop", "RoundReport", "enqueue_digest_mail"]
+__all__ = [
+    "ClosingLoop",
+    "RoundReport",
+    "cli_digest",
+    "cli_ledger_export",
+    "cli_webhook_secret",
+    "enqueue_digest_mail",
+]
 
 log = logging.getLogger("anxiao.closing")
 
@@ -313,3 +336,71 @@ async def enqueue_digest_mail(
     return await enqueue_delivery(
         conn, channel="email", target=", ".join(to), event="digest", body=message
     )
+
+
+# ------------------------------------------------------------- CLI helpers
+def cli_digest(*, settings: Settings, day: str | None, fmt: str, mail: bool) -> bytes:
+    """``anxiao digest``: ``day`` (default yesterday) in ``fmt``; queued for mail if asked."""
+    from alerts.digest import render
+
+    with psycopg.connect(settings.database_url) as conn:
+        row = conn.execute("SELECT timezone FROM fleet_meta LIMIT 1").fetchone()
+        timezone = row[0] if row else settings.timezone
+        local_today = datetime.now(UTC).astimezone(ZoneInfo(timezone)).date()
+        try:
+            when = date.fromisoformat(day) if day else local_today - timedelta(days=1)
+        except ValueError as exc:
+            raise ConfigError(f"--date 须为 YYYY-MM-DD must be YYYY-MM-DD, got {day!r}") from exc
+        loop = ClosingLoop(settings)
+        digest = build_digest(conn, day=when, timezone=timezone, rules=loop.digest_rules)
+    if mail:
+        if not loop.digest_to:
+            raise ConfigError("ANXIAO_DIGEST_EMAIL_TO is empty: nobody to mail the digest to")
+
+        async def queue() -> None:
+            conn = await asyncpg.connect(settings.database_url)
+            try:
+                async with conn.transaction():
+                    await enqueue_digest_mail(
+                        conn, digest, sender=settings.smtp_from, to=loop.digest_to
+                    )
+            finally:
+                await conn.close()
+
+        asyncio.run(queue())
+    return render(digest, fmt)
+
+
+def cli_ledger_export(*, settings: Settings, month: str, out: Path) -> int:
+    """``anxiao ledger export``: write the month's XLSX; return the number of entries."""
+    try:
+        first = date.fromisoformat(f"{month}-01")
+    except ValueError as exc:
+        raise ConfigError(f"--month 须为 YYYY-MM must be YYYY-MM, got {month!r}") from exc
+
+    async def rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            timezone = await local_timezone(conn, default=settings.timezone)
+            return await month_rows(conn, month=first, timezone=timezone)
+        finally:
+            await conn.close()
+
+    entries, events = asyncio.run(rows())
+    out.write_bytes(ledger_xlsx(entries, events))
+    return len(entries)
+
+
+def cli_webhook_secret(*, settings: Settings, operator_id: str, rotate: bool) -> str:
+    """``anxiao operator webhook-secret``: the operator's signing secret."""
+
+    async def fetch() -> str:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            if not await conn.fetchval("SELECT 1 FROM operators WHERE id = $1", operator_id):
+                raise ConfigError(f"运营单位不存在 no operator {operator_id}")
+            return await webhook_secret(conn, operator_id, rotate=rotate)
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())

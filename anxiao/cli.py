@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from core.errors import AnxiaoError
 from core.settings import Settings
@@ -107,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, help="horizon in days (default: ANXIAO_RETENTION_DAYS)")
     p.set_defaults(handler=_retention)
 
+    _closing_parsers(sub)
     sub.add_parser("simulate", help="the simulator (anxiao simulate --help)")
     sub.add_parser("ingest", help="run MQTT ingest alone (anxiao ingest --help)")
     return parser
@@ -181,4 +183,92 @@ def _retention(args: argparse.Namespace, settings: Settings) -> int:
     days = args.days if args.days is not None else settings.retention_days
     dropped = enforce_retention(database_url=settings.database_url, horizon_days=days)
     print(f"dropped {len(dropped)} chunks older than {days} days", file=sys.stderr)
+    return 0
+
+
+# ---- closing the loop (issue 7): digest, ledger, closing loop, webhook secrets ----
+def _closing_parsers(sub: Any) -> None:
+    p = sub.add_parser("digest", help="每日通报 the bureau's daily digest of a local date")
+    p.add_argument("--date", help="local date YYYY-MM-DD (default: yesterday)")
+    p.add_argument("--format", choices=["json", "html", "csv", "xlsx"], default="json")
+    p.add_argument("--out", type=Path, help="write to this file (default: stdout; xlsx needs it)")
+    p.add_argument(
+        "--mail", action="store_true", help="also queue it for ANXIAO_DIGEST_EMAIL_TO (outbox)"
+    )
+    p.set_defaults(handler=_digest)
+
+    ledger = sub.add_parser("ledger", help="隐患台账 the hazard ledger")
+    ledger_sub = ledger.add_subparsers(metavar="ACTION")
+    p = ledger_sub.add_parser("export", help="the month's ledger as XLSX (provincial upload)")
+    p.add_argument("--month", required=True, help="YYYY-MM")
+    p.add_argument("--out", type=Path, required=True, help="the .xlsx file to write")
+    p.set_defaults(handler=_ledger_export)
+    p = ledger_sub.add_parser("scan", help="run the monitoring rules and the overdue check now")
+    p.set_defaults(handler=_ledger_scan)
+
+    p = sub.add_parser(
+        "closing", help="notices, ledger scans, digests and deliveries alone, in the foreground"
+    )
+    p.set_defaults(handler=_closing)
+
+    operator = sub.add_parser("operator", help="bus operators")
+    operator_sub = operator.add_subparsers(metavar="ACTION")
+    p = operator_sub.add_parser(
+        "webhook-secret", help="print the operator's webhook signing secret alone on stdout"
+    )
+    p.add_argument("operator_id")
+    p.add_argument("--rotate", action="store_true", help="replace it with a new one")
+    p.set_defaults(handler=_webhook_secret)
+
+
+def _digest(args: argparse.Namespace, settings: Settings) -> int:
+    from alerts.closing import cli_digest
+
+    data = cli_digest(settings=settings, day=args.date, fmt=args.format, mail=args.mail)
+    if args.out is not None:
+        args.out.write_bytes(data)
+        print(f"wrote {args.out}", file=sys.stderr)
+    elif args.format == "xlsx":
+        print("anxiao: 错误 error: --format xlsx needs --out FILE", file=sys.stderr)
+        return 2
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    return 0
+
+
+def _ledger_export(args: argparse.Namespace, settings: Settings) -> int:
+    from alerts.closing import cli_ledger_export
+
+    count = cli_ledger_export(settings=settings, month=args.month, out=args.out)
+    print(f"wrote {args.out}: {count} entries", file=sys.stderr)
+    return 0
+
+
+def _ledger_scan(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from alerts.closing import ClosingLoop
+
+    report = asyncio.run(ClosingLoop(settings).run_once())
+    created = {rule: len(ids) for rule, ids in report.hazards_created.items()}
+    print(json.dumps({"created": created, "supervised": len(report.supervised)}))
+    return 0
+
+
+def _closing(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import contextlib
+
+    from alerts.closing import ClosingLoop
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(ClosingLoop(settings).run())
+    return 0
+
+
+def _webhook_secret(args: argparse.Namespace, settings: Settings) -> int:
+    from alerts.closing import cli_webhook_secret
+
+    print(cli_webhook_secret(settings=settings, operator_id=args.operator_id, rotate=args.rotate))
     return 0

@@ -9,7 +9,19 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from api.errors import install_error_handlers
-from api.routes import alerts, dashboard, devices, filings, fleet, live, stream, tracks
+from api.routes import (
+    alerts,
+    dashboard,
+    devices,
+    digests,
+    filings,
+    fleet,
+    ledger,
+    live,
+    notices,
+    stream,
+    tracks,
+)
 from api.stream import EventHub
 from core.db import create_pool
 
@@ -63,6 +75,8 @@ def create_app(*, database_url: str, pool_max_size: int = 10) -> FastAPI:
 
     v1 = APIRouter(prefix="/api/v1")
     for module in (alerts, devices, filings, fleet, live, stream, tracks):
+        v1.include_router(module.router)
+    for module in (ledger, notices, digests):  # closing the loop (issue 7)
         v1.include_router(module.router)
     v1.include_router(dashboard.api_router)
     app.include_router(v1)

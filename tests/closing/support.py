@@ -1,0 +1,133 @@
+"""Helpers for the closing-loop tests: alerts through the real store, a signed-webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from collections.abc import Coroutine, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+
+import asyncpg
+
+from alerts.store import EpisodeChange, apply_changes
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from a synchronous test."""
+    return asyncio.run(coro)
+
+
+async def store_alert(
+    database_url: str,
+    device_id: str,
+    kind: str,
+    started_at: datetime,
+    *,
+    ended_at: datetime | None = None,
+    details: Mapping[str, Any] | None = None,
+    late: bool = False,
+) -> uuid.UUID:
+    """Open (and, with ``ended_at``, close) one episode through ``apply_changes``; its id."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            changes = [
+                EpisodeChange("open", kind, device_id, started_at, details=details or {}, late=late)
+            ]
+            if ended_at is not None:
+                changes.append(
+                    EpisodeChange("close", kind, device_id, started_at, ended_at=ended_at)
+                )
+            await apply_changes(conn, changes)
+        alert_id = await conn.fetchval(
+            "SELECT id FROM alerts WHERE device_id = $1 AND kind = $2 AND started_at = $3",
+            device_id,
+            kind,
+            started_at,
+        )
+        assert alert_id is not None, f"no alert stored for {device_id}"
+        return alert_id
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Received:
+    """One request the receiver saw."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on 127.0.0.1; each delivery fails its first ``fail_first`` tries."""
+
+    fail_first: int = 2
+    always_fail_paths: set[str] = field(default_factory=set)
+    seen: list[Received] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    url: str = ""
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> int:
+        with self.changed:
+            delivery = headers.get("x-anxiao-delivery", "")
+            tries = sum(1 for r in self.seen if r.headers.get("x-anxiao-delivery") == delivery)
+            failing = path in self.always_fail_paths or tries < self.fail_first
+            status = 500 if failing else 200
+            self.seen.append(Received(path, headers, body, status))
+            self.changed.notify_all()
+            return status
+
+    def delivered(self) -> list[Received]:
+        with self.changed:
+            return [r for r in self.seen if r.status == 200]
+
+    def wait_for(self, condition: Any, *, timeout_s: float) -> None:
+        """Block until ``condition(self)`` holds (a readiness wait, not a sleep)."""
+        with self.changed:
+            ok = self.changed.wait_for(lambda: condition(self), timeout=timeout_s)
+        assert ok, f"receiver: condition not met within {timeout_s} s; saw {len(self.seen)}"
+
+    @staticmethod
+    def notices(received: list[Received]) -> set[int]:
+        return {json.loads(r.body)["notice"]["id"] for r in received}
+
+
+@contextmanager
+def webhook_receiver(fail_first: int = 2) -> Iterator[Receiver]:
+    """Serve a :class:`Receiver` on a free loopback port until the block ends."""
+    receiver = Receiver(fail_first=fail_first)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status = receiver.handle(self.path, headers, body)
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
