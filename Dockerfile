@@ -1,4 +1,13 @@
 # anxiao service image. Build: docker build -t anxiao .
+# Stage 1: the dashboard's npm dependencies (Leaflet), vendored as scripts/web.sh
+# does it, without the browser (a server needs none).
+FROM node:20-bookworm-slim AS web
+WORKDIR /src
+COPY package.json package-lock.json ./
+COPY scripts/web.sh ./scripts/web.sh
+COPY api/static ./api/static
+RUN ANXIAO_WEB_SKIP_BROWSER=1 bash scripts/web.sh
+
 FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
@@ -9,6 +18,7 @@ COPY ingest ./ingest
 COPY geofence ./geofence
 COPY alerts ./alerts
 COPY api ./api
+COPY --from=web /src/api/static/vendor ./api/static/vendor
 COPY simulators ./simulators
 RUN pip install . && useradd --system --uid 10001 anxiao
 USER anxiao

@@ -80,3 +80,9 @@ def test_dockerfile_installs_every_package() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     for package in ("anxiao", "core", "ingest", "geofence", "alerts", "api", "simulators"):
         assert f"COPY {package} ./{package}" in dockerfile
+
+
+def test_dockerfile_vendors_the_dashboard_without_a_cdn() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ANXIAO_WEB_SKIP_BROWSER=1 bash scripts/web.sh" in dockerfile
+    assert "COPY --from=web /src/api/static/vendor ./api/static/vendor" in dockerfile
