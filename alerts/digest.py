@@ -166,7 +166,7 @@ def build_digest(
         "SELECT a.bus_id, b.plate, b.operator_id, count(*) AS violations,"
         " array_agg(DISTINCT a.kind) AS kinds FROM alerts a JOIN buses b ON b.id = a.bus_id"
         " WHERE a.kind = ANY(%(violations)s) AND a.started_at < %(end)s"
-        " AND a.started_at >= %(end)s - make_interval(days => %(window)s)"
+        " AND a.started_at >= %(end)s::timestamptz - make_interval(days => %(window)s)"
         " GROUP BY a.bus_id, b.plate, b.operator_id HAVING count(*) >= %(min)s"
         " ORDER BY count(*) DESC, a.bus_id",
         violations=list(VIOLATIONS),
@@ -241,7 +241,8 @@ def build_digest(
                        count(*) FILTER (WHERE e.ts >= %(start)s) AS today
                   FROM sensor_events e
                  WHERE e.device_key = d.key AND e.channel = d.kind AND e.state = 'test'
-                   AND e.ts < %(end)s AND e.ts >= %(end)s - make_interval(days => %(window)s)
+                   AND e.ts < %(end)s
+                   AND e.ts >= %(end)s::timestamptz - make_interval(days => %(window)s)
           ) t ON true
          WHERE d.kind IN ('button', 'smoke') AND d.retired_at IS NULL
          GROUP BY d.kind

@@ -602,7 +602,8 @@ async def _offline_devices(
           LEFT JOIN operators o ON o.id = b.operator_id
           LEFT JOIN device_status st ON st.device_key = d.key
          WHERE d.retired_at IS NULL
-           AND coalesce(st.last_seen_at, d.registered_at) <= $1 - make_interval(secs => $2)
+           AND coalesce(st.last_seen_at, d.registered_at)
+               <= $1::timestamptz - make_interval(secs => $2)
          ORDER BY d.id
         """,
         now,
@@ -651,7 +652,7 @@ async def _repeat_offenders(
           LEFT JOIN schools s ON s.id = b.school_id
           LEFT JOIN operators o ON o.id = b.operator_id
          WHERE a.kind = ANY($1::text[])
-           AND a.started_at > $2 - make_interval(days => $3) AND a.started_at <= $2
+           AND a.started_at > $2::timestamptz - make_interval(days => $3) AND a.started_at <= $2
          GROUP BY a.bus_id, b.plate, b.operator_id, b.school_id, s.district_id, o.name
         HAVING count(*) >= $4
          ORDER BY a.bus_id
@@ -698,7 +699,7 @@ async def _untested_buttons(
                  WHERE e.device_key = d.key AND e.channel = 'button' AND e.state = 'test'
                    AND e.ts <= $1) t ON true
          WHERE d.kind = 'button' AND d.retired_at IS NULL
-           AND coalesce(t.last_test, d.registered_at) <= $1 - make_interval(days => $2)
+           AND coalesce(t.last_test, d.registered_at) <= $1::timestamptz - make_interval(days => $2)
          ORDER BY d.id
         """,
         now,

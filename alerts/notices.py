@@ -120,7 +120,8 @@ async def collect_notices(
             done.added += 1
         due = await conn.fetch(
             "SELECT id FROM notices WHERE state = 'pending'"
-            " AND (critical OR opened_at <= $1 - make_interval(secs => $2)) ORDER BY id",
+            " AND (critical OR opened_at <= $1::timestamptz - make_interval(secs => $2))"
+            " ORDER BY id",
             now,
             policy.batch_window_s,
         )
@@ -186,7 +187,7 @@ async def _send(
 ) -> int:
     row = await conn.fetchrow(
         "UPDATE notices SET state = 'sent', sent_at = $2,"
-        " answer_due_at = $2 + make_interval(secs => $3), updated_at = now()"
+        " answer_due_at = $2::timestamptz + make_interval(secs => $3), updated_at = now()"
         " WHERE id = $1 RETURNING operator_id",
         notice_id,
         now,

@@ -14,8 +14,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 import asyncpg
+import numpy as np
 
 from alerts.store import EpisodeChange, apply_changes
+from core.fleet import import_fleet
+from ingest import Limits, decode_messages
+from ingest.store import Store
+from simulators import RunSpec, Simulation, simulate
 
 T = TypeVar("T")
 
@@ -131,3 +136,65 @@ def webhook_receiver(fail_first: int = 2) -> Iterator[Receiver]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def simulate_day(day: str, *, prefix: str, buses: int = 20, schools: int = 4) -> Simulation:
+    """One simulated local day (default scenarios) with ids under ``prefix``."""
+    return simulate(
+        RunSpec(
+            buses=buses,
+            schools=schools,
+            start=f"{day}T00:00:00+08:00",
+            duration_s=86400.0,
+            id_prefix=prefix,
+        )
+    )
+
+
+async def load_simulation(sim: Simulation, database_url: str, *, chunk: int = 5000) -> None:
+    """Import the fleet and store the whole stream as ingest would (receive time = send time)."""
+    import_fleet(sim.fleet, database_url=database_url)
+    store = Store(database_url=database_url, refresh_s=3600)
+    await store.connect()
+    try:
+        messages = sim.messages
+        for i in range(0, len(messages), chunk):
+            part = messages[i : i + chunk]
+            decoded = decode_messages(
+                [m.topic for m in part],
+                [m.payload for m in part],
+                np.array([m.send_ms for m in part], dtype=np.int64),
+                directory=store.directory,
+                limits=Limits(),
+            )
+            await store.write(decoded)
+    finally:
+        await store.close()
+
+
+def expected_alerts(sim: Simulation) -> list[dict[str, Any]]:
+    """Ground-truth episodes an event-clock service raises (clock skew needs a live clock)."""
+    return [r for r in sim.ground_truth if r["expected"] == "alert" and r["kind"] != "clock_skew"]
+
+
+async def store_ground_truth(sim: Simulation, database_url: str) -> list[uuid.UUID]:
+    """Store every expected episode of ``sim`` through ``apply_changes``."""
+    ids = []
+    for r in expected_alerts(sim):
+        details = {
+            k: r[k]
+            for k in ("max_speed_kmh", "limit_kmh", "duration_s", "distance_m", "threshold_s")
+            if k in r
+        }
+        ids.append(
+            await store_alert(
+                database_url,
+                r["device"],
+                r["kind"],
+                datetime.fromisoformat(r["start"]),
+                ended_at=datetime.fromisoformat(r["end"]) if r.get("end") else None,
+                details=details,
+                late=bool(r.get("late")),
+            )
+        )
+    return ids
