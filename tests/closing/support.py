@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import uuid
 from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager
@@ -72,6 +73,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     status: int
+    at_s: float
 
 
 @dataclass
@@ -90,7 +92,7 @@ class Receiver:
             tries = sum(1 for r in self.seen if r.headers.get("x-anxiao-delivery") == delivery)
             failing = path in self.always_fail_paths or tries < self.fail_first
             status = 500 if failing else 200
-            self.seen.append(Received(path, headers, body, status))
+            self.seen.append(Received(path, headers, body, status, time.monotonic()))
             self.changed.notify_all()
             return status
 
