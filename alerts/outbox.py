@@ -18,6 +18,7 @@ HMAC-SHA256 under the operator's secret of ``<X-Anxiao-Timestamp>.<body>``
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import hashlib
 import hmac
 import logging
@@ -137,7 +138,8 @@ def email_message(
     for name, mime, data in attachments:
         maintype, _, subtype = mime.partition("/")
         message.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
-    return message.as_bytes()
+    # CRLF line ends: smtplib sends bytes as they are, and SMTP lines end in CRLF.
+    return message.as_bytes(policy=email.policy.SMTP)
 
 
 @dataclass(frozen=True, slots=True)

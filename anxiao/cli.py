@@ -259,11 +259,22 @@ def _ledger_scan(args: argparse.Namespace, settings: Settings) -> int:
 def _closing(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
     import contextlib
+    import signal
 
     from alerts.closing import ClosingLoop
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(ClosingLoop(settings).run())
+    async def run() -> None:
+        # SIGTERM/SIGINT cancel the loop: an unfinished delivery rolls back and is sent again.
+        task = asyncio.current_task()
+        assert task is not None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await ClosingLoop(settings).run()
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per webhook call is noise
+    asyncio.run(run())
+    log.info("closing loop stopped")
     return 0
 
 
