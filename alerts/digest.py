@@ -356,7 +356,7 @@ def digest_tables(d: dict[str, Any]) -> list[Table]:
         ["日期 date", d["date"]],
         ["告警总数 alerts", totals["alerts"]],
         ["违规总数 violations", totals["violations"]],
-        ["补传数据产生 late", totals["late"]],
+        ["补传数据 late (backfilled)", totals["late"]],
         *[[f"{KINDS[k]} {k}", totals["by_kind"][k]] for k in kinds],
         *[[f"严重程度 {s}", n] for s, n in totals["by_severity"].items()],
         ["违规通知发出 notices sent", d["notices"]["sent"]],

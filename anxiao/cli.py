@@ -224,13 +224,13 @@ def _closing_parsers(sub: Any) -> None:
 def _digest(args: argparse.Namespace, settings: Settings) -> int:
     from alerts.closing import cli_digest
 
+    if args.format == "xlsx" and args.out is None:
+        print("anxiao: 错误 error: --format xlsx needs --out FILE", file=sys.stderr)
+        return 2
     data = cli_digest(settings=settings, day=args.date, fmt=args.format, mail=args.mail)
     if args.out is not None:
         args.out.write_bytes(data)
         print(f"wrote {args.out}", file=sys.stderr)
-    elif args.format == "xlsx":
-        print("anxiao: 错误 error: --format xlsx needs --out FILE", file=sys.stderr)
-        return 2
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
