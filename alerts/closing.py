@@ -79,6 +79,8 @@ _TRANSIENT: Final = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.CannotConnectNowError,
+    # A connection the server dropped while it sat idle in the pool can fail this way.
+    asyncpg.exceptions.InternalClientError,
     psycopg.OperationalError,
 )
 _BACKOFF_INITIAL_S: Final = 0.2
@@ -270,6 +272,9 @@ class ClosingLoop:
                 await step(datetime.now(UTC), RoundReport())
             except _TRANSIENT as exc:
                 log.warning("closing %s: %s; retrying in %.1f s", name, exc, backoff_s)
+                if self._pool is not None:
+                    # The others are likely broken too: replace them all on next acquire.
+                    await self._pool.expire_connections()
                 await asyncio.sleep(backoff_s * random.uniform(0.5, 1.0))
                 backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
                 continue

@@ -232,18 +232,15 @@ def build_digest(
     tests = {}
     for r in rows(
         """
-        SELECT d.kind, count(*) AS devices,
-               count(*) FILTER (WHERE t.last_test IS NOT NULL) AS tested,
+        WITH t AS (  -- one pass over the window's test readings (partial index)
+            SELECT device_key, count(*) FILTER (WHERE ts >= %(start)s) AS today
+              FROM sensor_events
+             WHERE state = 'test' AND ts < %(end)s
+               AND ts >= %(end)s::timestamptz - make_interval(days => %(window)s)
+             GROUP BY device_key)
+        SELECT d.kind, count(*) AS devices, count(t.device_key) AS tested,
                coalesce(sum(t.today), 0) AS tests_today
-          FROM devices d
-          LEFT JOIN LATERAL (
-                SELECT max(e.ts) AS last_test,
-                       count(*) FILTER (WHERE e.ts >= %(start)s) AS today
-                  FROM sensor_events e
-                 WHERE e.device_key = d.key AND e.channel = d.kind AND e.state = 'test'
-                   AND e.ts < %(end)s
-                   AND e.ts >= %(end)s::timestamptz - make_interval(days => %(window)s)
-          ) t ON true
+          FROM devices d LEFT JOIN t ON t.device_key = d.key
          WHERE d.kind IN ('button', 'smoke') AND d.retired_at IS NULL
          GROUP BY d.kind
         """,

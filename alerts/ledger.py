@@ -690,14 +690,14 @@ async def _untested_buttons(
 ) -> list[Detection]:
     rows = await conn.fetch(
         """
+        WITH t AS (  -- one pass over the test readings (partial index sensor_events_tests)
+            SELECT device_key, max(ts) AS last_test FROM sensor_events
+             WHERE state = 'test' AND channel = 'button' AND ts <= $1 GROUP BY device_key)
         SELECT d.id, d.school_id, s.district_id, coalesce(s.name, '') AS unit, t.last_test,
                d.registered_at
           FROM devices d
           LEFT JOIN schools s ON s.id = d.school_id
-          LEFT JOIN LATERAL (
-                SELECT max(e.ts) AS last_test FROM sensor_events e
-                 WHERE e.device_key = d.key AND e.channel = 'button' AND e.state = 'test'
-                   AND e.ts <= $1) t ON true
+          LEFT JOIN t ON t.device_key = d.key
          WHERE d.kind = 'button' AND d.retired_at IS NULL
            AND coalesce(t.last_test, d.registered_at) <= $1::timestamptz - make_interval(days => $2)
          ORDER BY d.id

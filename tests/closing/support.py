@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import threading
 import time
 import uuid
 from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 import asyncpg
 import numpy as np
+import psycopg
 
 from alerts.store import EpisodeChange, apply_changes
 from core.fleet import import_fleet
+from core.settings import Settings
 from ingest import Limits, decode_messages
 from ingest.store import Store
 from simulators import RunSpec, Simulation, simulate
+from tests.core.sample_fleet import sample_fleet
 
 T = TypeVar("T")
 
@@ -200,3 +204,45 @@ async def store_ground_truth(sim: Simulation, database_url: str) -> list[uuid.UU
             )
         )
     return ids
+
+
+def closing_settings(database_url: str, **extra: Any) -> Settings:
+    """Settings for a fast closing loop: short polls and backoff, no batching, no SMTP."""
+    base: dict[str, Any] = {
+        "database_url": database_url,
+        "closing_poll_s": 0.1,
+        "notice_batch_window_s": 0,
+        "outbox_backoff_initial_s": 0.2,
+        "outbox_backoff_max_s": 1.0,
+        "ledger_scan_interval_s": 3600.0,
+        "smtp_host": "",
+        "digest_email_to": "",
+    }
+    return Settings(**{**base, **extra})
+
+
+def fleet_with_contacts(database_url: str, *, webhook: str | None, mail: str | None) -> str:
+    """A sample fleet whose operator OP1 has this webhook and e-mail; its tag."""
+    tag = secrets.token_hex(3)
+    import_fleet(sample_fleet(tag), database_url=database_url)
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "UPDATE operators SET webhook = %s, email = %s WHERE id = %s",
+            (webhook, mail, f"OP1-{tag}"),
+        )
+    return tag
+
+
+async def store_violations(database_url: str, tag: str, speeds: list[float]) -> None:
+    """One speeding episode on the tag's bus per speed (limit 60 km/h), a minute apart."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    for i, speed in enumerate(speeds):
+        at = start + timedelta(minutes=i)
+        await store_alert(
+            database_url,
+            f"GPS-B1-{tag}",
+            "speeding",
+            at,
+            ended_at=at + timedelta(seconds=30),
+            details={"max_speed_kmh": speed, "limit_kmh": 60.0},
+        )

@@ -12,14 +12,12 @@ import email
 import email.policy
 import io
 import os
-import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,53 +30,16 @@ from alerts.closing import ClosingLoop
 from alerts.outbox import verify
 from api import create_app
 from core.credentials import create_token
-from core.fleet import import_fleet
-from core.settings import Settings
-from tests.closing.support import Receiver, run, store_alert, webhook_receiver
-from tests.core.sample_fleet import sample_fleet
+from tests.closing.support import (
+    Receiver,
+    closing_settings,
+    fleet_with_contacts,
+    run,
+    store_violations,
+    webhook_receiver,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _settings(database_url: str, **extra: Any) -> Settings:
-    base: dict[str, Any] = {
-        "database_url": database_url,
-        "closing_poll_s": 0.1,
-        "notice_batch_window_s": 0,
-        "outbox_backoff_initial_s": 0.2,
-        "outbox_backoff_max_s": 1.0,
-        "ledger_scan_interval_s": 3600.0,
-        "smtp_host": "",
-        "digest_email_to": "",
-    }
-    return Settings(**{**base, **extra})
-
-
-def _fleet(database_url: str, *, webhook: str | None, mail: str | None) -> str:
-    tag = secrets.token_hex(3)
-    import_fleet(sample_fleet(tag), database_url=database_url)
-    with psycopg.connect(database_url) as conn:
-        conn.execute(
-            "UPDATE operators SET webhook = %s, email = %s WHERE id = %s",
-            (webhook, mail, f"OP1-{tag}"),
-        )
-    return tag
-
-
-def _violations(database_url: str, tag: str, speeds: list[float]) -> None:
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-    for i, speed in enumerate(speeds):
-        at = start + timedelta(minutes=i)
-        run(
-            store_alert(
-                database_url,
-                f"GPS-B1-{tag}",
-                "speeding",
-                at,
-                ended_at=at + timedelta(seconds=30),
-                details={"max_speed_kmh": speed, "limit_kmh": 60.0},
-            )
-        )
 
 
 def _closing_process(database_url: str) -> subprocess.Popen[str]:
@@ -127,9 +88,9 @@ def _wait_until_recorded(database_url: str, *, count: int, timeout_s: float) -> 
 
 def test_webhooks_are_retried_signed_and_survive_a_restart(fresh_database_url) -> None:
     with webhook_receiver(fail_first=3) as rx:
-        tag = _fleet(fresh_database_url, webhook=f"{rx.url}/hook", mail=None)
+        tag = fleet_with_contacts(fresh_database_url, webhook=f"{rx.url}/hook", mail=None)
         # Three critical violations (each its own notice) and two ordinary ones (one batch).
-        _violations(fresh_database_url, tag, [100.0, 70.0, 95.0, 66.0, 120.0])
+        run(store_violations(fresh_database_url, tag, [100.0, 70.0, 95.0, 66.0, 120.0]))
         first = _closing_process(fresh_database_url)
         try:
             rx.wait_for(lambda r: sum(s.status == 500 for s in r.seen) >= 5, timeout_s=60)
@@ -177,9 +138,9 @@ def test_webhooks_are_retried_signed_and_survive_a_restart(fresh_database_url) -
 def test_a_delivery_given_up_is_visible_with_its_error(fresh_database_url) -> None:
     with webhook_receiver(fail_first=0) as rx:
         rx.always_fail_paths.add("/dead")
-        tag = _fleet(fresh_database_url, webhook=f"{rx.url}/dead", mail=None)
-        _violations(fresh_database_url, tag, [99.0])
-        loop = ClosingLoop(_settings(fresh_database_url, outbox_max_attempts=3))
+        tag = fleet_with_contacts(fresh_database_url, webhook=f"{rx.url}/dead", mail=None)
+        run(store_violations(fresh_database_url, tag, [99.0]))
+        loop = ClosingLoop(closing_settings(fresh_database_url, outbox_max_attempts=3))
         report = run(loop.run_once())
         assert len(report.notices_sent) == 1
         assert len(report.deliveries.retried) == 1
@@ -231,9 +192,9 @@ def test_notice_and_digest_mail_reach_an_smtp_sink(fresh_database_url) -> None:
     controller = Controller(sink, hostname="127.0.0.1", port=_free_port())
     controller.start()  # returns once the server answers
     try:
-        tag = _fleet(fresh_database_url, webhook=None, mail="ops@example.cn")
-        _violations(fresh_database_url, tag, [70.0])
-        settings = _settings(
+        tag = fleet_with_contacts(fresh_database_url, webhook=None, mail="ops@example.cn")
+        run(store_violations(fresh_database_url, tag, [70.0]))
+        settings = closing_settings(
             fresh_database_url,
             smtp_host="127.0.0.1",
             smtp_port=controller.port,
