@@ -182,6 +182,10 @@ class AlertEngine:
         self.event_now_ms: int | None = None
         self.first_event_ms: int | None = None
         self._last_tick_ms: int | None = None
+        #: Devices whose episode rules may have something under way (ticks visit only these).
+        self._busy: set[int] = set()
+        #: Devices checked for silence (all registered, not retired); None: to be listed.
+        self._offline_keys: list[int] | None = None
         self._filings: list[Filing] = list(filings)
         self.registry = registry
         self.geometry = FleetGeometry(registry)
@@ -197,6 +201,7 @@ class AlertEngine:
         self.geometry = FleetGeometry(registry)
         self.filings = FilingIndex(self._filings, self.geometry)
         self._route_ids = [*self.geometry.route_ids, *self.filings.detour_route_ids]
+        self._offline_keys = None
         size = max(registry.devices, default=-1) + 1
         self._ensure(size)
         for key, device in registry.devices.items():
@@ -380,6 +385,17 @@ class AlertEngine:
             )
 
         alarm = g.alarm
+        # Devices whose rules may now have something under way: a superset of the
+        # readings meeting any condition (ticks then visit only these).
+        maybe = (
+            (speed > limit)
+            | (routed & window & ~(rd.within_corridor | on_detour))
+            | ((speed >= r.out_of_hours.moving_kmh) & ~(window & school) & has_bus)
+            | (alarm > 0)
+            | bf
+            | (np.abs(ts - g.received_ms) > r.skew.max_skew_s * 1000)
+        )
+        self._busy.update(np.unique(keys[maybe]).tolist())
         if not replay:
             self._collect(
                 events,
@@ -428,6 +444,7 @@ class AlertEngine:
     def _smoke(self, batch: IngestBatch, events: dict[int, list[AlertEvent]]) -> None:
         smoke = batch.smoke
         for key, rows in _by_device(smoke.device_key, smoke.new):
+            self._busy.add(key)
             ts = smoke.ts_ms[rows]
             state = smoke.state[rows]
             events[key] += self.rules.smoke.feed(
@@ -445,6 +462,7 @@ class AlertEngine:
     ) -> None:
         button = batch.button
         for key, rows in _by_device(button.device_key, button.new):
+            self._busy.add(key)
             ts = button.ts_ms[rows]
             event = button.event[rows]
             if not replay:
@@ -489,64 +507,72 @@ class AlertEngine:
         return self._changes(events)
 
     def _advance_episode_rules(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
+        """Advance the devices that may have something under way (:attr:`_busy`)."""
         r, st = self.rules, self.states
         offset = self._offset_ms
-        skewed = set(np.flatnonzero(offset).tolist())
-
-        def device_wm(k: int) -> int:
-            return wm + int(offset[k]) if k in skewed else wm
-
-        for k, s in enumerate(st.speeding):
-            if not s.quiet:
-                events[k] += r.speeding.advance(s, watermark_ms=device_wm(k))
-        for k, s in enumerate(st.smoke):
-            if not s.quiet:
-                events[k] += r.smoke.advance(s, watermark_ms=device_wm(k))
-        for k, s in enumerate(st.skew):
-            if not s.quiet:
-                events[k] += r.skew.advance(s, watermark_ms=self._wall_ms())
-        for k, s in enumerate(st.deviation):
-            if s.quiet:
-                continue
-            kw = device_wm(k)
-            ep = s.open_episode
+        wall = self._wall_ms()
+        for k in sorted(self._busy):
+            kw = wm + int(offset[k])
+            simple: list[tuple[Any, EpisodeState, int]] = [
+                (r.speeding, st.speeding[k], kw),
+                (r.smoke, st.smoke[k], kw),
+                (r.skew, st.skew[k], wall),
+            ]
+            for rule, s, at in simple:
+                if not s.quiet:
+                    events[k] += rule.advance(s, watermark_ms=at)
             bus = int(self.geometry.bus_of(np.asarray([k]))[0])
-            end = window_end(self.geometry, bus, ep.last_met_ms) if ep and bus >= 0 else None
-            events[k] += r.deviation.advance(
-                s,
-                watermark_ms=kw,
-                window_end_ms=end if end is not None and end <= kw else None,
-                route_ids=self._route_ids,
-            )
-        for k, s in enumerate(st.out_of_hours):
-            if s.quiet:
-                continue
-            kw = device_wm(k)
-            ep = s.open_episode
-            bus = int(self.geometry.bus_of(np.asarray([k]))[0])
-            begin = (
-                next_window_start(self.geometry, bus, ep.last_met_ms) if ep and bus >= 0 else None
-            )
-            events[k] += r.out_of_hours.advance(
-                s,
-                watermark_ms=kw,
-                window_start_ms=begin if begin is not None and begin <= kw else None,
-            )
-        for k, p in enumerate(st.panic):
+            s = st.deviation[k]
+            if not s.quiet:
+                ep = s.open_episode
+                end = window_end(self.geometry, bus, ep.last_met_ms) if ep and bus >= 0 else None
+                events[k] += r.deviation.advance(
+                    s,
+                    watermark_ms=kw,
+                    window_end_ms=end if end is not None and end <= kw else None,
+                    route_ids=self._route_ids,
+                )
+            s = st.out_of_hours[k]
+            if not s.quiet:
+                ep = s.open_episode
+                begin = (
+                    next_window_start(self.geometry, bus, ep.last_met_ms)
+                    if ep and bus >= 0
+                    else None
+                )
+                events[k] += r.out_of_hours.advance(
+                    s,
+                    watermark_ms=kw,
+                    window_start_ms=begin if begin is not None and begin <= kw else None,
+                )
+            p = st.panic[k]
             if not p.bit.quiet:
-                events[k] += r.panic.advance(p, watermark_ms=device_wm(k))
-        for k, f in enumerate(st.fault):
-            if f.sources and not all(s.quiet for s in f.sources.values()):
-                events[k] += r.fault.advance(f, watermark_ms=device_wm(k))
+                events[k] += r.panic.advance(p, watermark_ms=kw)
+            f = st.fault[k]
+            if f.sources and not all(x.quiet for x in f.sources.values()):
+                events[k] += r.fault.advance(f, watermark_ms=kw)
+            if self._quiet(k):
+                self._busy.discard(k)
+
+    def _quiet(self, k: int) -> bool:
+        st = self.states
+        return (
+            st.speeding[k].quiet
+            and st.smoke[k].quiet
+            and st.skew[k].quiet
+            and st.deviation[k].quiet
+            and st.out_of_hours[k].quiet
+            and st.panic[k].bit.quiet
+            and all(x.quiet for x in st.fault[k].sources.values())
+        )
 
     def _advance_offline(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
-        for key, device in self.registry.devices.items():
-            if device.retired or key >= len(self.states.offline):
-                continue
-            st = self._offline_state(key)
-            found = self.rules.offline.advance_many([st], watermark_ms=wm)
-            if found:
-                events[key] += found[0]
+        if self._offline_keys is None:
+            self._offline_keys = [k for k, d in self.registry.devices.items() if not d.retired]
+        keys = self._offline_keys
+        states = [self._offline_state(k) for k in keys]
+        for i, found in self.rules.offline.advance_many(states, watermark_ms=wm).items():
+            events[keys[i]] += found
 
     # -- restart -----------------------------------------------------------------------------
 
@@ -599,6 +625,7 @@ class AlertEngine:
         for key, evs in events.items():
             if not evs:
                 continue
+            self._busy.add(key)
             device = self.registry.devices.get(key)
             if device is None:
                 continue
