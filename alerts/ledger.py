@@ -568,9 +568,9 @@ async def scan_monitoring(
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCAN_LOCK)
         found = {
-            "device_offline": await _offline_devices(conn, now, rules),
+            "device_offline": await _offline_devices(conn, now, rules, tz),
             "repeat_offender": await _repeat_offenders(conn, now, rules),
-            "button_untested": await _untested_buttons(conn, now, rules),
+            "button_untested": await _untested_buttons(conn, now, rules, tz),
             "zero_data": await _zero_data_schools(conn, yesterday, tz),
         }
         for rule, detections in found.items():
@@ -585,7 +585,7 @@ _KIND_LABEL: Final = {"gps": "车载定位终端", "smoke": "烟感探测器", "
 
 
 async def _offline_devices(
-    conn: AsyncConnection, now: datetime, rules: LedgerRules
+    conn: AsyncConnection, now: datetime, rules: LedgerRules, tz: ZoneInfo
 ) -> list[Detection]:
     rows = await conn.fetch(
         """
@@ -614,7 +614,11 @@ async def _offline_devices(
         seen = r["last_seen_at"]
         hours = (now - (seen or r["registered_at"])).total_seconds() / 3600
         label = _KIND_LABEL[r["kind"]]
-        since = f"最后通信 {seen.isoformat()}" if seen else "从未通信 never heard"
+        since = (
+            f"最后通信 {seen.astimezone(tz).isoformat(timespec='seconds')}"
+            if seen
+            else "从未通信 never heard"
+        )
         found.append(
             Detection(
                 rule="device_offline",
@@ -686,7 +690,7 @@ async def _repeat_offenders(
 
 
 async def _untested_buttons(
-    conn: AsyncConnection, now: datetime, rules: LedgerRules
+    conn: AsyncConnection, now: datetime, rules: LedgerRules, tz: ZoneInfo
 ) -> list[Detection]:
     rows = await conn.fetch(
         """
@@ -708,7 +712,11 @@ async def _untested_buttons(
     found = []
     for r in rows:
         last = r["last_test"]
-        since = f"上次测试 {last.date().isoformat()}" if last else "从未测试 never tested"
+        since = (
+            f"上次测试 {last.astimezone(tz).date().isoformat()}"
+            if last
+            else "从未测试 never tested"
+        )
         found.append(
             Detection(
                 rule="button_untested",

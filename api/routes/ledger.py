@@ -9,6 +9,8 @@ and monitor only, and never to whoever reported the fix.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import date, datetime
 from typing import Any, Literal
 
@@ -36,7 +38,7 @@ from api.deps import PoolDep, Principal, PrincipalDep, require_roles
 from api.errors import ApiError
 from api.pagination import decode_cursor, encode_cursor
 
-__all__ = ["actor_of", "ledger_error", "router"]
+__all__ = ["actor_of", "ledger_error", "refused_as_http", "router"]
 
 router = APIRouter(tags=["ledger"])
 
@@ -59,6 +61,16 @@ _STATUS = {
 def ledger_error(exc: LedgerError) -> ApiError:
     """The HTTP form of a refused ledger or notice operation."""
     return ApiError(_STATUS.get(exc.code, 422), exc.code, str(exc))
+
+
+@asynccontextmanager
+async def refused_as_http(pool: Any) -> AsyncIterator[Any]:
+    """A connection whose refused ledger or notice operations become HTTP errors."""
+    async with pool.acquire() as conn:
+        try:
+            yield conn
+        except LedgerError as exc:
+            raise ledger_error(exc) from exc
 
 
 def actor_of(principal: Principal) -> Actor:
@@ -377,11 +389,8 @@ async def create_hazard(body: HazardCreate, pool: PoolDep, principal: PrincipalD
         school_id=school_id,
         operator_id=operator_id,
     )
-    async with pool.acquire() as conn:
-        try:
-            hazard_id = await create_entry(conn, entry, by=actor_of(principal))
-        except LedgerError as exc:
-            raise ledger_error(exc) from exc
+    async with refused_as_http(pool) as conn:
+        hazard_id = await create_entry(conn, entry, by=actor_of(principal))
     return await _detail(pool, principal, hazard_id)
 
 
@@ -428,19 +437,16 @@ async def transition_entry(
         include={"measures", "responsible_unit", "responsible_person", "deadline"},
         exclude_none=True,
     )
-    async with pool.acquire() as conn:
-        try:
-            await transition(
-                conn,
-                hazard_id,
-                to=body.to,
-                by=actor_of(principal),
-                note=body.note,
-                evidence=body.evidence,
-                fields=fields,
-            )
-        except LedgerError as exc:
-            raise ledger_error(exc) from exc
+    async with refused_as_http(pool) as conn:
+        await transition(
+            conn,
+            hazard_id,
+            to=body.to,
+            by=actor_of(principal),
+            note=body.note,
+            evidence=body.evidence,
+            fields=fields,
+        )
     return await _detail(pool, principal, hazard_id)
 
 
@@ -450,13 +456,10 @@ async def note_entry(
 ) -> HazardPublic:
     """Add an evidence note."""
     await _visible(pool, principal, hazard_id)
-    async with pool.acquire() as conn:
-        try:
-            await add_note(
-                conn, hazard_id, by=actor_of(principal), note=body.note, evidence=body.evidence
-            )
-        except LedgerError as exc:
-            raise ledger_error(exc) from exc
+    async with refused_as_http(pool) as conn:
+        await add_note(
+            conn, hazard_id, by=actor_of(principal), note=body.note, evidence=body.evidence
+        )
     return await _detail(pool, principal, hazard_id)
 
 
@@ -466,11 +469,8 @@ async def postpone_entry(
 ) -> HazardPublic:
     """Move the deadline, with a written reason and plan; supervision stays."""
     await _visible(pool, principal, hazard_id)
-    async with pool.acquire() as conn:
-        try:
-            await postpone(
-                conn, hazard_id, by=actor_of(principal), deadline=body.deadline, reason=body.reason
-            )
-        except LedgerError as exc:
-            raise ledger_error(exc) from exc
+    async with refused_as_http(pool) as conn:
+        await postpone(
+            conn, hazard_id, by=actor_of(principal), deadline=body.deadline, reason=body.reason
+        )
     return await _detail(pool, principal, hazard_id)

@@ -14,13 +14,13 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from alerts.ledger import LedgerError, local_timezone
+from alerts.ledger import local_timezone
 from alerts.notices import notice_document, respond
 from alerts.outbox import SIGNATURE_HEADER, TIMESTAMP_HEADER, webhook_secret
 from api.deps import PoolDep, Principal, PrincipalDep, require_roles
 from api.errors import ApiError
 from api.pagination import decode_cursor, encode_cursor
-from api.routes.ledger import actor_of, ledger_error
+from api.routes.ledger import actor_of, refused_as_http
 
 __all__ = ["router"]
 
@@ -205,11 +205,8 @@ async def answer_notice(
 ) -> NoticePublic:
     """The operator answers with what it did (整改反馈); late answers are noted in the ledger."""
     await _visible(pool, principal, notice_id)
-    async with pool.acquire() as conn:
-        try:
-            await respond(conn, notice_id, text=body.text, by=actor_of(principal))
-        except LedgerError as exc:
-            raise ledger_error(exc) from exc
+    async with refused_as_http(pool) as conn:
+        await respond(conn, notice_id, text=body.text, by=actor_of(principal))
     return await _notice(pool, notice_id, timezone=await _timezone(pool))
 
 

@@ -314,70 +314,28 @@ def test_the_html_renders_with_its_chart_in_chromium(day) -> None:
 
 def test_the_cli_prints_and_writes_the_digest(day, tmp_path) -> None:
     env = {**os.environ, "ANXIAO_DATABASE_URL": day["url"]}
-    printed = subprocess.run(
-        [sys.executable, "-m", "anxiao", "digest", "--date", DAY.isoformat()],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        check=True,
-    )
+
+    def anxiao(*args: str) -> subprocess.CompletedProcess[bytes]:
+        command = [sys.executable, "-m", "anxiao", *args]
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, check=False)
+
+    printed = anxiao("digest", "--date", DAY.isoformat())
+    assert printed.returncode == 0, printed.stderr
     assert json.loads(printed.stdout)["totals"] == day["digest"]["totals"]
     out = tmp_path / "d.xlsx"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "anxiao",
-            "digest",
-            "--date",
-            DAY.isoformat(),
-            "--format",
-            "xlsx",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        check=True,
+    assert (
+        anxiao("digest", "--date", str(DAY), "--format", "xlsx", "--out", str(out)).returncode == 0
     )
     assert load_workbook(out).sheetnames[0] == "概况"
-    refused = subprocess.run(
-        [sys.executable, "-m", "anxiao", "digest", "--date", DAY.isoformat(), "--format", "xlsx"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    refused = anxiao("digest", "--date", DAY.isoformat(), "--format", "xlsx")
     assert refused.returncode == 2
-    assert "--out" in refused.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "anxiao", "digest", "--date", "16/11/2026"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    assert b"--out" in refused.stderr
+    bad = anxiao("digest", "--date", "16/11/2026")
     assert bad.returncode == 1
-    assert "YYYY-MM-DD" in bad.stderr
+    assert "YYYY-MM-DD" in bad.stderr.decode()
     ledger = tmp_path / "ledger.xlsx"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "anxiao",
-            "ledger",
-            "export",
-            "--month",
-            "2026-11",
-            "--out",
-            str(ledger),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        check=True,
-    )
+    assert anxiao("ledger", "export", "--month", "2026-11", "--out", str(ledger)).returncode == 0
     sheet = load_workbook(ledger)["隐患台账"]
     assert [c.value for c in sheet[1]][2:5] == ["风险名称", "风险表述", "风险等级"]
     assert sheet.max_row == 1 + 3
+    assert anxiao("ledger", "export", "--month", "2026-13", "--out", str(ledger)).returncode == 1
