@@ -68,6 +68,7 @@ class EngineRunner:
         #: Counters for /metrics.
         self.batches = 0
         self.stored = 0
+        self.refused = 0
 
     async def start(self) -> None:
         """Connect, load the filings and rebuild the state from the database."""
@@ -107,8 +108,22 @@ class EngineRunner:
         if not self._unstored or self._pool is None:
             return
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await apply_changes(conn, self._unstored)
+            async with self._pool.acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        await apply_changes(conn, self._unstored)
+                except asyncpg.PostgresError as exc:
+                    if isinstance(exc, asyncpg.PostgresConnectionError):
+                        raise
+                    # One change the database refuses must not hold back the others.
+                    log.exception("alert changes refused as a batch; storing one by one")
+                    for change in self._unstored:
+                        try:
+                            async with conn.transaction():
+                                await apply_changes(conn, [change])
+                        except asyncpg.PostgresError:
+                            log.exception("alert change refused: %r", change)
+                            self.refused += 1
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
             log.warning("%d alert changes not stored yet (%s); kept", len(self._unstored), exc)
             return
@@ -124,6 +139,7 @@ class EngineRunner:
                 ("batches_total", "counter", self.batches),
                 ("alert_changes_stored_total", "counter", self.stored),
                 ("alert_changes_unstored", "gauge", len(self._unstored)),
+                ("alert_changes_refused_total", "counter", self.refused),
             )
         )
 

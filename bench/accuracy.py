@@ -68,6 +68,8 @@ def main() -> int:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     for miss in result["misses"]:
         print("miss:", json.dumps(miss, ensure_ascii=False), file=sys.stderr)
+    for line in result["serve_errors"]:
+        print("serve:", line, file=sys.stderr)
     for fp in result["false_positives"]:
         print("false positive:", json.dumps(fp, ensure_ascii=False), file=sys.stderr)
     out = ROOT / "bench" / "results" / "accuracy.json"

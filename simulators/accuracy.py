@@ -156,6 +156,7 @@ def replay_and_score(
                 previous = m
                 time.sleep(0.5)
             drained_s = time.monotonic() - started
+            hook_errors = int(m.get("anxiao_ingest_hook_errors_total", 0))
     finally:
         if serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
@@ -182,6 +183,12 @@ def replay_and_score(
         filings=n_filings,
         fixes=int(fixes[0]) if fixes else 0,
         alerts=len(alerts),
+        hook_errors=hook_errors,
+        serve_errors=[
+            line
+            for line in log_path.read_text(errors="replace").splitlines()
+            if "ERROR" in line or "Traceback" in line or "Error:" in line
+        ][:20],
         publish_s=round(published_s, 2),
         drained_s=round(drained_s, 2),
     )

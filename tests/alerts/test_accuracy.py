@@ -40,7 +40,12 @@ def test_every_scripted_alert_and_nothing_else(
         "panic_button",
         "device_fault",
     }, kinds
-    detail = {"misses": result["misses"], "false_positives": result["false_positives"]}
+    detail = {
+        "misses": result["misses"],
+        "false_positives": result["false_positives"],
+        "serve_errors": result["serve_errors"],
+    }
+    assert result["hook_errors"] == 0, detail
     for kind, k in kinds.items():
         assert (k["precision"], k["recall"]) == (1.0, 1.0), (kind, k, detail)
         bound = MIN_DURATION_S.get(kind, 0) + REPORTING_INTERVAL_S
