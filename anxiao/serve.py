@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from alerts.closing import ClosingLoop
 from alerts.runner import EngineRunner
 from api import create_app
 from api.stream import EventHub
@@ -171,6 +172,8 @@ class Service:
                 tasks.create_task(self._watch_fleet(), name="fleet-watch"),
                 tasks.create_task(self._retention(), name="retention"),
                 tasks.create_task(self.engine.run(), name="rules-clock"),
+                # Notices, ledger scans, the daily digest and the outbox (issue 7).
+                tasks.create_task(ClosingLoop(self.settings).run(), name="closing"),
             ]
             api = tasks.create_task(self._server.serve(), name="api")
             ingest = tasks.create_task(self.ingestor.run(), name="ingest")
