@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -56,7 +56,7 @@ from alerts.outbox import (
     webhook_secret,
 )
 from alerts.outbox import enqueue as enqueue_delivery
-from core.db import AsyncConnection, create_pool
+from core.db import AsyncConnection
 from core.errors import ConfigError
 from core.settings import Settings
 
@@ -85,6 +85,8 @@ _TRANSIENT: Final = (
 )
 _BACKOFF_INITIAL_S: Final = 0.2
 _BACKOFF_MAX_S: Final = 30.0
+_COMMAND_TIMEOUT_S: Final = 60.0
+Pool: TypeAlias = "asyncpg.Pool[Any]"
 
 
 @dataclass(slots=True)
@@ -140,7 +142,6 @@ class ClosingLoop:
         hour, minute = (int(x) for x in s.digest_local_time.split(":"))
         self.digest_at = dtime(hour, minute)
         self.digest_to = [a.strip() for a in s.digest_email_to.split(",") if a.strip()]
-        self._pool: asyncpg.Pool[Any] | None = None
         self._http: httpx.AsyncClient | None = None
 
     # ------------------------------------------------------------ entry points
@@ -148,7 +149,6 @@ class ClosingLoop:
         """Run every task until cancelled; survives database restarts."""
         self._http = httpx.AsyncClient(follow_redirects=False)
         try:
-            self._pool = await self._connect()
             poll_s = self.settings.closing_poll_s
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._every("outbox", poll_s, self._outbox), name="outbox")
@@ -161,28 +161,22 @@ class ClosingLoop:
                     self._every("digest", max(poll_s, 30.0), self._digest), name="digest"
                 )
         finally:
-            await self._close()
+            http, self._http = self._http, None
+            await http.aclose()
 
     async def run_once(self, *, now: datetime | None = None) -> RoundReport:
         """One round of each task as of ``now`` (default: the current time)."""
         now = now or datetime.now(UTC)
-        opened = self._pool is None
-        if opened:
-            self._pool = await create_pool(
-                database_url=self.settings.database_url,
-                max_size=3,
-                application_name="anxiao-closing",
-            )
-            self._http = httpx.AsyncClient(follow_redirects=False)
         report = RoundReport()
-        try:
-            await self._notices(now, report)
-            await self._ledger(now, report)
-            await self._digest(now, report)
-            await self._outbox(now, report)
-        finally:
-            if opened:
-                await self._close()
+        pool = await self._pool()
+        async with httpx.AsyncClient(follow_redirects=False) as http:
+            self._http = http
+            try:
+                for step in (self._notices, self._ledger, self._digest, self._outbox):
+                    await step(pool, now, report)
+            finally:
+                self._http = None
+                await _quiet_close(pool)
         return report
 
     # ------------------------------------------------------------------- tasks
@@ -200,25 +194,22 @@ class ClosingLoop:
             escalation_deadline_days=s.ledger_auto_deadline_days,
         )
 
-    async def _outbox(self, now: datetime, report: RoundReport) -> None:
-        assert self._pool is not None
+    async def _outbox(self, pool: Pool, now: datetime, report: RoundReport) -> None:
         assert self._http is not None
-        done = await deliver_due(self._pool, policy=self.delivery, http=self._http)
+        done = await deliver_due(pool, policy=self.delivery, http=self._http)
         report.deliveries.delivered += done.delivered
         report.deliveries.retried += done.retried
         report.deliveries.failed += done.failed
 
-    async def _notices(self, now: datetime, report: RoundReport) -> None:
-        assert self._pool is not None
-        async with self._pool.acquire() as conn:
+    async def _notices(self, pool: Pool, now: datetime, report: RoundReport) -> None:
+        async with pool.acquire() as conn:
             policy = self._notice_policy(await self._timezone(conn))
             done = await collect_notices(conn, now=now, policy=policy)
             report.notices_sent += done.sent
             report.escalated += await escalate_overdue(conn, now=now, policy=policy)
 
-    async def _ledger(self, now: datetime, report: RoundReport) -> None:
-        assert self._pool is not None
-        async with self._pool.acquire() as conn:
+    async def _ledger(self, pool: Pool, now: datetime, report: RoundReport) -> None:
+        async with pool.acquire() as conn:
             timezone = await self._timezone(conn)
             counts = await scan_monitoring(
                 conn, now=now, timezone=timezone, rules=self.ledger_rules
@@ -228,9 +219,8 @@ class ClosingLoop:
             today = now.astimezone(ZoneInfo(timezone)).date()
             report.supervised += await flag_overdue(conn, today=today)
 
-    async def _digest(self, now: datetime, report: RoundReport) -> None:
-        assert self._pool is not None
-        async with self._pool.acquire() as conn:
+    async def _digest(self, pool: Pool, now: datetime, report: RoundReport) -> None:
+        async with pool.acquire() as conn:
             timezone = await self._timezone(conn)
             local = now.astimezone(ZoneInfo(timezone))
             if local.time() < self.digest_at:
@@ -239,7 +229,7 @@ class ClosingLoop:
             if await conn.fetchval("SELECT 1 FROM digest_runs WHERE day = $1", day):
                 return
         digest = await asyncio.to_thread(self._build, day, timezone, now)
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with pool.acquire() as conn, conn.transaction():
             won = await conn.fetchval(
                 "INSERT INTO digest_runs (day, content) VALUES ($1, $2::jsonb)"
                 " ON CONFLICT (day) DO NOTHING RETURNING day",
@@ -264,46 +254,45 @@ class ClosingLoop:
         self,
         name: str,
         interval_s: float,
-        step: Callable[[datetime, RoundReport], Awaitable[None]],
+        step: Callable[[Pool, datetime, RoundReport], Awaitable[None]],
     ) -> None:
+        # Each task has a small pool of its own: after a failure it is thrown away whole
+        # (a connection the server dropped can leave asyncpg's protocol in a state that
+        # neither reset nor release repairs) and the task reconnects after a backoff.
         backoff_s = _BACKOFF_INITIAL_S
-        while True:
-            try:
-                await step(datetime.now(UTC), RoundReport())
-            except _TRANSIENT as exc:
-                log.warning("closing %s: %s; retrying in %.1f s", name, exc, backoff_s)
-                if self._pool is not None:
-                    # The others are likely broken too: replace them all on next acquire.
-                    await self._pool.expire_connections()
-                await asyncio.sleep(backoff_s * random.uniform(0.5, 1.0))
-                backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
-                continue
-            backoff_s = _BACKOFF_INITIAL_S
-            await asyncio.sleep(interval_s)
+        pool: Pool | None = None
+        try:
+            while True:
+                try:
+                    if pool is None:
+                        pool = await self._pool()
+                    await step(pool, datetime.now(UTC), RoundReport())
+                except _TRANSIENT as exc:
+                    log.warning("closing %s: %s; retrying in %.1f s", name, exc, backoff_s)
+                    if pool is not None:
+                        pool.terminate()
+                        pool = None
+                    await asyncio.sleep(backoff_s * random.uniform(0.5, 1.0))
+                    backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
+                    continue
+                backoff_s = _BACKOFF_INITIAL_S
+                await asyncio.sleep(interval_s)
+        finally:
+            if pool is not None:
+                await _quiet_close(pool)
 
-    async def _connect(self) -> asyncpg.Pool[Any]:
-        backoff_s = _BACKOFF_INITIAL_S
-        while True:
-            try:
-                return await create_pool(
-                    database_url=self.settings.database_url,
-                    max_size=4,
-                    application_name="anxiao-closing",
-                )
-            except _TRANSIENT as exc:
-                log.warning(
-                    "closing: database unreachable (%s); retrying in %.1f s", exc, backoff_s
-                )
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
-
-    async def _close(self) -> None:
-        pool, self._pool = self._pool, None
-        http, self._http = self._http, None
-        if http is not None:
-            await http.aclose()
-        if pool is not None:
-            await _quiet_close(pool)
+    async def _pool(self) -> Pool:
+        # asyncpg (architecture decision 7: the loop is async), with a command timeout so
+        # that a query on a half-dead connection fails instead of hanging the task.
+        pool = await asyncpg.create_pool(
+            self.settings.database_url,
+            min_size=1,
+            max_size=2,
+            command_timeout=_COMMAND_TIMEOUT_S,
+            server_settings={"application_name": "anxiao-closing"},
+        )
+        assert pool is not None  # only a lazy pool is None
+        return pool
 
 
 async def _quiet_close(pool: asyncpg.Pool[Any]) -> None:

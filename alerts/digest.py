@@ -24,6 +24,8 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg.rows import dict_row
 
+from alerts._xlsx import workbook
+
 __all__ = [
     "FORMATS",
     "KINDS",
@@ -232,7 +234,7 @@ def build_digest(
     tests = {}
     for r in rows(
         """
-        WITH t AS (  -- one pass over the window's test readings (partial index)
+        WITH t AS (  -- one pass over the window's test readings
             SELECT device_key, count(*) FILTER (WHERE ts >= %(start)s) AS today
               FROM sensor_events
              WHERE state = 'test' AND ts < %(end)s
@@ -492,25 +494,7 @@ def render_csv(d: dict[str, Any]) -> str:
 
 def render_xlsx(d: dict[str, Any]) -> bytes:
     """A workbook with one sheet per table."""
-    from openpyxl import Workbook
-    from openpyxl.styles import Font
-
-    book = Workbook()
-    book.remove(book.active)
-    for title, head, body in digest_tables(d):
-        sheet = book.create_sheet(title.split(" ")[0][:31])
-        sheet.append(head)
-        for cell in sheet[1]:
-            cell.font = Font(bold=True)
-        for row in body:
-            sheet.append(row)
-        sheet.freeze_panes = "A2"
-        for column in sheet.columns:
-            width = max((len(str(c.value or "")) for c in column), default=4)
-            sheet.column_dimensions[column[0].column_letter].width = min(max(width * 1.4, 6), 50)
-    out = io.BytesIO()
-    book.save(out)
-    return out.getvalue()
+    return workbook((title.split(" ")[0], head, body) for title, head, body in digest_tables(d))
 
 
 def trend_svg(d: dict[str, Any], *, width: int = 720, height: int = 260) -> str:

@@ -24,7 +24,6 @@ asyncpg throughout: the API and the closing loop both call this.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
+from alerts._xlsx import workbook
 from core.db import AsyncConnection
 from core.errors import AnxiaoError
 
@@ -694,7 +694,7 @@ async def _untested_buttons(
 ) -> list[Detection]:
     rows = await conn.fetch(
         """
-        WITH t AS (  -- one pass over the test readings (partial index sensor_events_tests)
+        WITH t AS (  -- one pass over the test readings, not a probe per device and chunk
             SELECT device_key, max(ts) AS last_test FROM sensor_events
              WHERE state = 'test' AND channel = 'button' AND ts <= $1 GROUP BY device_key)
         SELECT d.id, d.school_id, s.district_id, coalesce(s.name, '') AS unit, t.last_test,
@@ -908,27 +908,17 @@ _ACTIONS: Final = {
 
 def ledger_xlsx(entries: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]) -> bytes:
     """The monthly upload workbook: sheet 隐患台账 (seed columns) and sheet 流转记录."""
-    from openpyxl import Workbook
-    from openpyxl.styles import Alignment, Font
-
-    book = Workbook()
-    sheet = book.active
-    sheet.title = "隐患台账"
-    sheet.append([title for title, _ in EXPORT_COLUMNS])
-    for entry in entries:
-        sheet.append([entry[key] for _, key in EXPORT_COLUMNS])
-    log = book.create_sheet("流转记录")
-    log.append(["编号", "时间", "操作", "原状态", "新状态", "操作人", "说明", "证据"])
-    for event in events:
-        log.append(list(event.values()))
-    for ws in (sheet, log):
-        for cell in ws[1]:
-            cell.font = Font(bold=True)
-            cell.alignment = Alignment(horizontal="center")
-        ws.freeze_panes = "A2"
-        for column in ws.columns:
-            width = max((len(str(c.value or "")) for c in column), default=4)
-            ws.column_dimensions[column[0].column_letter].width = min(max(width * 1.6, 6), 60)
-    out = io.BytesIO()
-    book.save(out)
-    return out.getvalue()
+    return workbook(
+        [
+            (
+                "隐患台账",
+                [title for title, _ in EXPORT_COLUMNS],
+                ([entry[key] for _, key in EXPORT_COLUMNS] for entry in entries),
+            ),
+            (
+                "流转记录",
+                ["编号", "时间", "操作", "原状态", "新状态", "操作人", "说明", "证据"],
+                (list(event.values()) for event in events),
+            ),
+        ]
+    )

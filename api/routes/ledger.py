@@ -12,9 +12,9 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field, field_validator
 
 from alerts.ledger import (
@@ -49,6 +49,8 @@ Category = Literal[
 Source = Literal["self_check", "special_check", "spot_check", "peer_check", "inspection"]
 State = Literal["found", "registered", "rectifying", "reported", "closed"]
 _VERIFIERS = ("admin", "bureau", "monitor")
+#: An entry id in a path: a positive bigint (larger ones are 422, not a database error).
+HazardId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 _STATUS = {
     "not_found": 404,
     "forbidden_transition": 409,
@@ -324,7 +326,7 @@ _READERS = require_roles("admin", "bureau", "monitor")
 @router.get("/ledger/export", dependencies=[_READERS], response_class=Response)
 async def export_ledger(
     pool: PoolDep,
-    month: str = Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM"),
+    month: str = Query(pattern=r"^20\d{2}-(0[1-9]|1[0-2])$", description="YYYY-MM"),
 ) -> Response:
     """The month's ledger as XLSX with the seed's Chinese columns (provincial upload)."""
     first = date.fromisoformat(f"{month}-01")
@@ -366,7 +368,7 @@ async def _detail(pool: Any, principal: Principal, hazard_id: int) -> HazardPubl
 
 
 @router.get("/ledger/{hazard_id}", response_model=HazardPublic)
-async def get_entry(hazard_id: int, pool: PoolDep, principal: PrincipalDep) -> HazardPublic:
+async def get_entry(hazard_id: HazardId, pool: PoolDep, principal: PrincipalDep) -> HazardPublic:
     """One entry with its whole history; 404 outside the caller's scope."""
     return await _detail(pool, principal, hazard_id)
 
@@ -423,7 +425,7 @@ async def _check_refs(pool: Any, principal: Principal, body: HazardCreate) -> No
 
 @router.post("/ledger/{hazard_id}/transition", response_model=HazardPublic, dependencies=[_WRITERS])
 async def transition_entry(
-    hazard_id: int, body: Transition, pool: PoolDep, principal: PrincipalDep
+    hazard_id: HazardId, body: Transition, pool: PoolDep, principal: PrincipalDep
 ) -> HazardPublic:
     """Move an entry along 排查 → 登记 → 整治 → 报告 → 销账; refused moves are 409/422."""
     await _visible(pool, principal, hazard_id)
@@ -452,7 +454,7 @@ async def transition_entry(
 
 @router.post("/ledger/{hazard_id}/notes", response_model=HazardPublic, dependencies=[_WRITERS])
 async def note_entry(
-    hazard_id: int, body: Note, pool: PoolDep, principal: PrincipalDep
+    hazard_id: HazardId, body: Note, pool: PoolDep, principal: PrincipalDep
 ) -> HazardPublic:
     """Add an evidence note."""
     await _visible(pool, principal, hazard_id)
@@ -465,7 +467,7 @@ async def note_entry(
 
 @router.post("/ledger/{hazard_id}/postpone", response_model=HazardPublic, dependencies=[_WRITERS])
 async def postpone_entry(
-    hazard_id: int, body: Postponement, pool: PoolDep, principal: PrincipalDep
+    hazard_id: HazardId, body: Postponement, pool: PoolDep, principal: PrincipalDep
 ) -> HazardPublic:
     """Move the deadline, with a written reason and plan; supervision stays."""
     await _visible(pool, principal, hazard_id)

@@ -9,9 +9,9 @@ webhook deliveries are signed with (header ``X-Anxiao-Signature``).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
 from alerts.ledger import local_timezone
@@ -27,6 +27,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["notices"])
 
 NoticeState = Literal["pending", "sent", "answered", "escalated"]
+NoticeId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 class Violation(BaseModel):
@@ -189,7 +190,7 @@ async def _visible(pool: Any, principal: Principal, notice_id: int) -> None:
 
 
 @router.get("/notices/{notice_id}", response_model=NoticePublic)
-async def get_notice(notice_id: int, pool: PoolDep, principal: PrincipalDep) -> NoticePublic:
+async def get_notice(notice_id: NoticeId, pool: PoolDep, principal: PrincipalDep) -> NoticePublic:
     """One notice with its violations and deliveries."""
     await _visible(pool, principal, notice_id)
     return await _notice(pool, notice_id, timezone=await _timezone(pool))
@@ -201,7 +202,7 @@ async def get_notice(notice_id: int, pool: PoolDep, principal: PrincipalDep) -> 
     dependencies=[require_roles("operator", "admin")],
 )
 async def answer_notice(
-    notice_id: int, body: Response, pool: PoolDep, principal: PrincipalDep
+    notice_id: NoticeId, body: Response, pool: PoolDep, principal: PrincipalDep
 ) -> NoticePublic:
     """The operator answers with what it did (整改反馈); late answers are noted in the ledger."""
     await _visible(pool, principal, notice_id)

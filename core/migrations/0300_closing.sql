@@ -145,10 +145,6 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX outbox_notice ON outbox (notice_id);
 
--- Alarm tests (smoke ``test``, button ``test``) are rare among sensor events; the
--- ledger's untested-button rule and the digest's compliance figure read only them.
-CREATE INDEX sensor_events_tests ON sensor_events (device_key, ts) WHERE state = 'test';
-
 -- ----------------------------------------------------------------- digests
 -- The scheduled digest of each local day is built and mailed once.
 CREATE TABLE digest_runs (

@@ -233,9 +233,11 @@ def fleet_with_contacts(database_url: str, *, webhook: str | None, mail: str | N
     return tag
 
 
-async def store_violations(database_url: str, tag: str, speeds: list[float]) -> None:
+async def store_violations(
+    database_url: str, tag: str, speeds: list[float], *, hours_ago: float = 1.0
+) -> None:
     """One speeding episode on the tag's bus per speed (limit 60 km/h), a minute apart."""
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=hours_ago)
     for i, speed in enumerate(speeds):
         at = start + timedelta(minutes=i)
         await store_alert(

@@ -320,6 +320,9 @@ def test_alerts_link_to_entries_and_the_month_exports_as_xlsx(client, world, dat
     assert created["alert_ids"] == [str(alert_id)]
     assert created["operator_id"] == f"OP1-{a}"  # derived from the bus
     _move(client, t["monitor"], created["id"], "registered", **_REGISTER)
+    # Typed text may hold characters a worksheet cannot store: replaced, not a failure.
+    odd = post(client, t["monitor"], "/api/v1/ledger", _entry(world, name="控制\x07字符"))
+    assert odd.status_code == 201
 
     month = datetime.now(UTC).strftime("%Y-%m")
     response = get(client, t["bureau"], "/api/v1/ledger/export", month=month)
@@ -352,6 +355,7 @@ def test_alerts_link_to_entries_and_the_month_exports_as_xlsx(client, world, dat
     assert ours["状态"] == "已登记"
     assert ours["关联告警数"] == 1
     assert ours["整改期限"].date() == date(2026, 12, 31)
+    assert "控制\ufffd字符" in [r["风险名称"] for r in rows]
     log = [[c.value for c in r] for r in book["流转记录"].iter_rows(min_row=2)]
     assert [r[2] for r in log if r[0] == ours["编号"]] == ["发现", "登记"]
     # Only the bureau's roles export; a bad month is 422.

@@ -43,7 +43,8 @@ async def test_the_loop_survives_losing_its_connections_and_stops_when_cancelled
 
             # The database drops every connection of the loop (a restart looks the same).
             assert await _terminate_loop_connections(fresh_database_url) >= 1
-            await store_violations(fresh_database_url, tag, [110.0])
+            # Another episode (a different start: the same start would be the same episode).
+            await store_violations(fresh_database_url, tag, [110.0], hours_ago=2.0)
             await asyncio.to_thread(rx.wait_for, lambda r: len(r.delivered()) == 2, timeout_s=30)
             assert not task.done()
         finally:
