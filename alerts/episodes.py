@@ -284,7 +284,8 @@ class EpisodeState:
             and not self.emitted
             and self.late_lane is None
             and not bool((self.buf.code == MET).any())
-            and not any(bool((p.code == MET).any()) for p in self.pending)
+            # ``pending`` never holds a meeting reading: a batch is only set aside
+            # when none of its readings meets (``EpisodeDetector.feed_many``).
         )
 
     @property
