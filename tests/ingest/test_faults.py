@@ -18,10 +18,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.ingest.support import (
-    ROOT,
     BackgroundPublisher,
     IngestProcess,
     PrivateBroker,
@@ -112,13 +112,30 @@ def test_kill_9_of_the_worker_mid_stream(
     assert metrics["anxiao_ingest_messages_received_total"] >= MESSAGES - killed_at
 
 
+def local_cluster(database_url: str) -> tuple[Path, Path]:
+    """``pg_ctl`` and the data directory of the server behind ``database_url``, found from it.
+
+    The server names its data directory; ``pg_ctl`` is the one beside the
+    running postmaster's executable. Skips only when that server is not on
+    this machine (its data directory is not here), as when the tests point at
+    a remote database: it cannot be restarted from here.
+    """
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT current_setting('data_directory')").fetchone()
+    data = Path(str(row[0])) if row else Path()
+    pid_file = data / "postmaster.pid"
+    if not pid_file.exists():
+        pytest.skip(
+            f"the database server is not on this machine (no {pid_file}): cannot restart it"
+        )
+    postmaster = Path(os.readlink(f"/proc/{pid_file.read_text().split()[0]}/exe"))
+    return postmaster.parent / "pg_ctl", data
+
+
 def test_postgresql_restart_mid_stream(
     database_url: str, private_broker: PrivateBroker, prefix: str, log_dir: Path
 ) -> None:
-    pg_ctl = Path("/usr/lib/postgresql/15/bin/pg_ctl")
-    data = ROOT / ".stack" / "pg" / "data"
-    if not pg_ctl.exists() or not data.exists():
-        pytest.skip("needs the local stack's PostgreSQL cluster (make stack-up)")
+    pg_ctl, data = local_cluster(database_url)
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     run = Run(database_url, private_broker, prefix, log_dir)
     worker = run.worker("ingest").start()
