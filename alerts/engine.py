@@ -139,15 +139,6 @@ class _States:
         self.fault.extend(FaultState() for _ in range(size - len(self.fault)))
         self.offline.extend(None for _ in range(size - len(self.offline)))
 
-    def episode_rules(self) -> list[tuple[str, list[EpisodeState]]]:
-        return [
-            ("speeding", self.speeding),
-            ("deviation", self.deviation),
-            ("out_of_hours", self.out_of_hours),
-            ("smoke", self.smoke),
-            ("skew", self.skew),
-        ]
-
 
 def _grow(array: npt.NDArray[Any], size: int, fill: Any) -> npt.NDArray[Any]:
     if array.size >= size:
@@ -259,13 +250,8 @@ class AlertEngine:
 
     def _observe_clocks(self, channels: Sequence[Any], gps_backfill: _BOOL) -> None:
         """The event clock's now, and (live clock) each device's clock offset."""
-        ts_parts, rx_parts, key_parts = [], [], []
-        for i, c in enumerate(channels):
-            live = c.new & ~gps_backfill if i == 0 else c.new
-            ts_parts.append(c.ts_ms[live])
-            rx_parts.append(c.received_ms[live])
-            key_parts.append(c.device_key[live].astype(np.int64))
-        ts = np.concatenate(ts_parts)
+        live = [c.new & ~gps_backfill if i == 0 else c.new for i, c in enumerate(channels)]
+        ts = np.concatenate([c.ts_ms[m] for c, m in zip(channels, live, strict=True)])
         if ts.size == 0:
             return
         if self.clock == "event":
@@ -277,8 +263,10 @@ class AlertEngine:
             if self.first_event_ms is None:
                 self.first_event_ms = int(ts.min())
             return
-        keys = np.concatenate(key_parts)
-        lag = ts - np.concatenate(rx_parts)
+        keys = np.concatenate(
+            [c.device_key[m].astype(np.int64) for c, m in zip(channels, live, strict=True)]
+        )
+        lag = ts - np.concatenate([c.received_ms[m] for c, m in zip(channels, live, strict=True)])
         order = np.argsort(keys, kind="stable")
         keys, lag = keys[order], lag[order]
         last = np.r_[keys[1:] != keys[:-1], True]
@@ -345,8 +333,7 @@ class AlertEngine:
         distance = np.where(nearer, det.distance_m, rd.distance_m)
         n_main = len(self.geometry.route_ids)
         route_index = np.where(nearer, det.route_index + n_main, rd.route_index)
-        deviating = routed & has_bus
-        if deviating.any():
+        if routed.any():
             self._collect(
                 events,
                 r.deviation.feed_many(

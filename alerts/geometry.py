@@ -148,8 +148,7 @@ class FleetGeometry:
         dist = np.full(n, np.inf)
         index = np.full(n, -1, dtype=np.int64)
         within = np.zeros(n, dtype=bool)
-        routed = bus >= 0
-        routed[routed] = self.bus_has_routes[bus[routed]]
+        routed = self.routed(bus)
         if routed.any():
             rd = distance_to_routes(
                 x_m[routed], y_m[routed], set_index=bus[routed], routes=self.routes, sets=self.sets

@@ -235,6 +235,13 @@ def _alerts(
     ]
 
 
+def _edge_detector(lateness_s: float) -> EpisodeDetector:
+    """A detector of levels: one reading opens, one clears; updates only when the episode moves."""
+    return EpisodeDetector(
+        open_after_s=0, close_after_s=0, lateness_s=lateness_s, report_progress=False
+    )
+
+
 def _track(ep: Episode) -> dict[str, Any]:
     return {
         "duration_s": round(ep.duration_s, 3),
@@ -979,9 +986,7 @@ class PanicButton:
 
     @functools.cached_property
     def _bit_detector(self) -> EpisodeDetector:
-        return EpisodeDetector(
-            open_after_s=0, close_after_s=0, lateness_s=self.lateness_s, report_progress=False
-        )
+        return _edge_detector(self.lateness_s)
 
     def new_state(self) -> PanicState:
         """A fresh per-device state."""
@@ -1172,9 +1177,7 @@ class DeviceFault:
 
     @functools.cached_property
     def _detector(self) -> EpisodeDetector:
-        return EpisodeDetector(
-            open_after_s=0, close_after_s=0, lateness_s=self.lateness_s, report_progress=False
-        )
+        return _edge_detector(self.lateness_s)
 
     def new_state(self) -> FaultState:
         """A fresh per-device state."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
 
+from alerts.rules import KINDS, severity
 from core.db import AsyncConnection
 
 __all__ = [
@@ -31,23 +32,11 @@ __all__ = [
 NOTIFY_CHANNEL: Final = "anxiao_alerts"
 #: Kinds that only a person can clear (GB 50394-2007 5.2.3: emergency buttons latch).
 LATCHED_KINDS: Final = frozenset({"panic_button"})
-_SEVERITY: Final = {
-    "speeding": "major",
-    "route_deviation": "major",
-    "out_of_hours": "major",
-    "device_offline": "minor",
-    "smoke_alarm": "critical",
-    "panic_button": "critical",
-    "device_fault": "minor",
-    "clock_skew": "minor",
-}
 
 
 def severity_of(kind: str, *, device_kind: str | None = None) -> str:
     """Contract §3 severity of an alert kind (an offline button is major)."""
-    if kind == "device_offline" and device_kind == "button":
-        return "major"
-    return _SEVERITY[kind]
+    return severity(kind, device_kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +105,7 @@ async def apply_changes(conn: AsyncConnection, changes: Sequence[EpisodeChange])
             alert_id = await conn.fetchval(
                 _OPEN,
                 change.kind,
-                _SEVERITY[change.kind],
+                KINDS[change.kind],
                 change.episode_key,
                 change.late,
                 change.started_at,
