@@ -5,9 +5,17 @@ process, decision 6): the hub loads each committed alert event once and fans
 it out to every connected client whose scope sees it. Positions are published
 in-process by ``serve``'s rules hook and throttled per bus, so a bus reporting
 every second costs a client at most one message per ``position_interval_s``.
-A slow client's queue is bounded: positions are dropped for it first; if even
-alert events overflow, the stream ends and the browser reconnects with
-``Last-Event-ID``, which replays what it missed from ``alert_events``.
+
+Each client's pending messages (:class:`SubscriberQueue`) are kept apart:
+alert events in a queue of their own, always sent first, one per write (the
+route skips replayed ones by the id that leads a write); positions as the
+newest one per bus, replaced in place, so what a slow client holds is bounded
+by the number of buses, and all of them leave in one write. Under load the
+event loop is busy with ingest and the rules, and one write per message let a
+client fall behind by hundreds of positions, with the alerts behind them. If
+even a client's alert events overflow, its stream ends and the browser
+reconnects with ``Last-Event-ID``, which replays what it missed from
+``alert_events``.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +34,7 @@ import asyncpg
 
 from alerts.store import NOTIFY_CHANNEL
 
-__all__ = ["ALERT_EVENT_SQL", "EventHub", "Subscriber", "format_sse"]
+__all__ = ["ALERT_EVENT_SQL", "EventHub", "Subscriber", "SubscriberQueue", "format_sse"]
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +66,74 @@ def format_sse(event: str, data: Any, *, event_id: int | None = None) -> bytes:
     return f"{head}event: {event}\ndata: {body}\n\n".encode()
 
 
+class SubscriberQueue:
+    """One client's pending messages: alert events first, then the newest position per bus.
+
+    :meth:`get` is what the route awaits: the next write to the client, or
+    None once the stream is to end.
+    """
+
+    #: Alert events a client may fall behind by before its stream is ended.
+    MAX_ALERTS = 1000
+
+    def __init__(self) -> None:
+        self._alerts: deque[bytes] = deque()
+        #: Bus → its newest position message; a newer one replaces it in place.
+        self._positions: dict[str, bytes] = {}
+        self._ended = False
+        self._ready = asyncio.Event()
+
+    def put_alert(self, message: bytes) -> bool:
+        """Queue an alert event; False (nothing queued) if the client is too far behind."""
+        if len(self._alerts) >= self.MAX_ALERTS:
+            return False
+        self._alerts.append(message)
+        self._ready.set()
+        return True
+
+    def put_position(self, bus: str, message: bytes) -> None:
+        """Hold a bus's position, replacing the one it holds for that bus."""
+        self._positions[bus] = message
+        self._ready.set()
+
+    def end(self, *, drop: bool = False) -> None:
+        """End the stream after what is pending (or at once, dropping it)."""
+        if drop:
+            self._alerts.clear()
+            self._positions.clear()
+        self._ended = True
+        self._ready.set()
+
+    def empty(self) -> bool:
+        """Whether nothing is pending (not even the end)."""
+        return not self._alerts and not self._positions and not self._ended
+
+    def qsize(self) -> int:
+        """Messages pending."""
+        return len(self._alerts) + len(self._positions)
+
+    async def get(self) -> bytes | None:
+        """The next write: one alert event, else every pending position; None at the end."""
+        while True:
+            if self._alerts:
+                return self._alerts.popleft()
+            if self._positions:
+                write = b"".join(self._positions.values())
+                self._positions.clear()
+                return write
+            if self._ended:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+
+
 @dataclass(eq=False)
 class Subscriber:
-    """One connected client: its scope and its bounded queue."""
+    """One connected client: its scope and its pending messages."""
 
     school_id: str | None
     operator_id: str | None
-    queue: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(1000))
+    queue: SubscriberQueue = field(default_factory=SubscriberQueue)
 
     def sees(self, item: dict[str, Any]) -> bool:
         """Whether this client's scope covers an alert or position."""
@@ -101,7 +171,7 @@ class EventHub:
         if self._listener is not None:
             await self._listener.close()
         for subscriber in list(self._subscribers):
-            subscriber.queue.put_nowait(None)
+            subscriber.queue.end()
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         self._pending.put_nowait(int(str(payload)))
@@ -125,14 +195,10 @@ class EventHub:
         """Send one alert event to every subscriber that sees it."""
         message = format_sse("alert", payload, event_id=payload["event_id"])
         for subscriber in list(self._subscribers):
-            if subscriber.sees(payload):
-                try:
-                    subscriber.queue.put_nowait(message)
-                except asyncio.QueueFull:
-                    # Too slow even for alerts: end its stream; it resumes by Last-Event-ID.
-                    self._subscribers.discard(subscriber)
-                    subscriber.queue = asyncio.Queue(1)
-                    subscriber.queue.put_nowait(None)
+            if subscriber.sees(payload) and not subscriber.queue.put_alert(message):
+                # Too slow even for alerts: end its stream; it resumes by Last-Event-ID.
+                self._subscribers.discard(subscriber)
+                subscriber.queue.end(drop=True)
 
     def publish_position(self, position: dict[str, Any]) -> None:
         """Send a bus position, at most once per ``position_interval_s`` per bus.
@@ -164,8 +230,8 @@ class EventHub:
         self._last_position_s[bus] = now_s
         message = format_sse("position", position)
         for subscriber in list(self._subscribers):
-            if subscriber.sees(position) and subscriber.queue.qsize() < 900:
-                subscriber.queue.put_nowait(message)
+            if subscriber.sees(position):
+                subscriber.queue.put_position(bus, message)
 
     @contextlib.asynccontextmanager
     async def subscribe(
