@@ -21,6 +21,14 @@ The one blocking call, ``reconnect()`` (TCP connect, TLS handshake), runs in
 a worker thread while the loop leaves the client alone; the socket is
 registered with the loop when it returns.
 
+Batches are cut where the stream pauses: an inbox is sealed when it is full,
+when its oldest message is ``max_age_s`` old, or as soon as the receiver has
+read everything the socket held (the broker had nothing more to send) and
+the decoder asks for it. So a lone message -- a button press on a quiet
+stream -- goes on at once instead of waiting out the age, while a stream read
+faster than ingest takes its batches (the decoder busy, or the socket never
+empty) still fills them.
+
 The client keeps a persistent session (clean start off, session expiry set)
 and announces a Receive Maximum: without it Mosquitto limits the messages in
 flight to a v5 client to its ``max_inflight_messages`` (1000 here), which
@@ -131,6 +139,8 @@ class MqttReceiver:
         self._generation = 0
         self._inbox = Inbox(generation=0)
         self._sealed: deque[Inbox] = deque()
+        #: The last read took everything the socket held: the inbox is not filling.
+        self._quiet = True
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -193,8 +203,10 @@ class MqttReceiver:
             misc.cancel()
 
     async def next_inbox(self, max_age_s: float) -> Inbox | None:
-        """The next batch of messages: full, or whose oldest message is ``max_age_s`` old.
+        """The next batch of messages: a full one, else what arrived until the stream paused.
 
+        The current inbox is sealed once nothing more is waiting to be read,
+        or at the latest when its oldest message is ``max_age_s`` old.
         Returns None once draining and nothing is left.
         """
         while True:
@@ -203,7 +215,7 @@ class MqttReceiver:
             timeout_s: float | None = None
             if self._inbox.topics:
                 timeout_s = self._inbox.opened_at + max_age_s - time.monotonic()
-                if timeout_s <= 0 or self._draining:
+                if timeout_s <= 0 or self._draining or self._quiet:
                     return self._seal()
             elif self._draining:
                 return None
@@ -458,13 +470,20 @@ class MqttReceiver:
     def _on_readable(self) -> None:
         client = self._client
         before = -1
+        quiet = False
         # One packet per loop_read; keep reading while whole packets arrive.
         for _ in range(_READS_PER_WAKEUP):
             received = self._metrics.messages_received
             if received == before or self._fd is None:
+                # Nothing more to read (or a packet that is not a message, which
+                # at worst seals a batch early): the stream paused here.
+                quiet = True
                 break
             before = received
             client.loop_read()
+        self._quiet = quiet
+        if quiet and self._inbox.topics:
+            self._wake.set()
 
     def _on_writable(self) -> None:
         self._client.loop_write()
