@@ -21,10 +21,17 @@ monitor token's SSE client is connected (in a thread of this process) before
 the first press. Presses go out every ``--interval-ms`` on one MQTT
 connection (QoS 1, ``ts`` = now), first with nothing else running (``idle``),
 then while a separate publisher process sends one-fix GPS messages paced at
-``--load-fraction`` of ingest's measured single-message maximum
-(``bench/results/ingest.json``, read at run time) to the fleet's GPS devices,
-buses moving along their route at 30 km/h (``loaded``); the load starts
+``--load-fraction`` of serve's maximum to the fleet's GPS devices, buses
+moving along their route at 30 km/h (``loaded``); the load starts
 ``--warmup-s`` before the first press and ends 2 s after the last.
+
+serve's maximum is measured in the same round, on the same serve, between
+the two phases: what ``anxiao serve`` -- ingest *with the rules* -- sustains,
+not ingest alone (``bench/results/ingest.json`` has no rules behind it, and
+half of it was more than serve could take). serve is stopped (SIGSTOP) while
+``--max-messages`` one-fix GPS messages are published as fast as the broker
+takes them, then resumed and timed until every one is acknowledged (after
+its batch committed) and the rules have taken every batch.
 ``load_msgs_per_s`` is what ingest actually received while the presses went
 out (``/metrics``), not the target: the machine (2 cores) may not sustain
 the target next to serve. Alerts are awaited until ``--timeout-s`` after the
@@ -184,15 +191,16 @@ def load_main(args: argparse.Namespace) -> int:
     publisher.connect()
     topics = [f"anxiao/v1/dev/{args.prefix}GPS-{i}/gps" for i in range(args.buses)]
     last_ts_ms = [0] * args.buses
-    rate_per_s: float = args.rate
-    limit = int(rate_per_s * args.duration_s)
+    # A burst (--count): that many messages as fast as the broker takes them.
+    rate_per_s: float = math.inf if args.count else args.rate
+    limit = args.count or int(rate_per_s * args.duration_s)
     started_s = time.monotonic()
     sent = 0
     while sent < limit:
         elapsed_s = time.monotonic() - started_s
-        if elapsed_s >= args.duration_s:
+        if elapsed_s >= args.duration_s and not args.count:
             break
-        due = min(limit, int(rate_per_s * elapsed_s))
+        due = limit if args.count else min(limit, int(rate_per_s * elapsed_s))
         now_ms = int(time.time() * 1000)
         while sent < due:
             bus = sent % args.buses
@@ -548,6 +556,7 @@ class Run:
     http: httpx.Client
     watcher: StreamWatcher
     presser: MqttPublisher
+    serve: subprocess.Popen[bytes]
     load_avg_1min: float = 0.0
 
     def press(self, devices: list[str]) -> Presses:
@@ -563,12 +572,9 @@ class Run:
         result["machine_load_avg_1min_before"] = round(self.load_avg_1min, 2)
         return result
 
-    def loaded(
-        self, devices: list[str], target_msgs_per_s: float, duration_s: float
-    ) -> dict[str, Any]:
-        """Presses while the load publisher runs; the load ingest actually received."""
-        start = metrics(self.http)
-        load = subprocess.Popen(
+    def publisher(self, *options: str) -> subprocess.Popen[bytes]:
+        """The load publisher process (see :func:`load_main`) on the fleet's GPS devices."""
+        return subprocess.Popen(
             [
                 sys.executable,
                 __file__,
@@ -579,14 +585,63 @@ class Run:
                 self.prefix,
                 "--buses",
                 str(self.buses),
-                "--rate",
-                str(target_msgs_per_s),
-                "--duration-s",
-                str(duration_s),
+                *options,
             ],
             stdout=subprocess.PIPE,
             cwd=ROOT,
         )
+
+    def serve_maximum(self, count: int) -> dict[str, Any]:
+        """What serve (ingest with the rules) sustains: the rate it drains a backlog at.
+
+        serve is stopped (SIGSTOP) while the publisher sends ``count`` one-fix
+        GPS messages as fast as the broker takes them, so they wait at the
+        broker (and in serve's socket); then it is resumed (SIGCONT) and timed
+        until every message is acknowledged -- after its batch committed -- and
+        the rules have taken every committed batch. The same process, fleet
+        and machine as the loaded phase; the publisher is not running meanwhile.
+        """
+        start = metrics(self.http)
+        load = self.publisher("--count", str(count), "--duration-s", "60")
+        os.kill(self.serve.pid, signal.SIGSTOP)
+        try:
+            out, _ = load.communicate(timeout=40)  # well inside the broker's keepalive grace
+        finally:
+            os.kill(self.serve.pid, signal.SIGCONT)
+            if load.poll() is None:
+                load.kill()
+                load.wait()
+        resumed_s = time.perf_counter()
+        if load.returncode != 0:
+            raise RuntimeError(f"burst publisher failed ({load.returncode})")
+        published = int(json.loads(out)["published"])
+        acked = "anxiao_ingest_messages_acked_total"
+        while True:  # readiness probe on /metrics, bounded
+            m = metrics(self.http)
+            done_s = time.perf_counter()
+            if (
+                m[acked] - start[acked] >= published
+                and m["anxiao_rules_batches_total"] >= m["anxiao_ingest_batches_total"]
+            ):
+                break
+            if done_s - resumed_s > 120:
+                raise RuntimeError("serve did not drain the backlog within 120 s")
+            time.sleep(0.02)
+        batches = m["anxiao_ingest_batches_total"] - start["anxiao_ingest_batches_total"]
+        return {
+            "msgs_per_s": round(published / (done_s - resumed_s)),
+            "messages": published,
+            "drain_s": round(done_s - resumed_s, 2),
+            "batches": int(batches),
+            "machine_load_avg_1min_before": round(os.getloadavg()[0], 2),
+        }
+
+    def loaded(
+        self, devices: list[str], target_msgs_per_s: float, duration_s: float
+    ) -> dict[str, Any]:
+        """Presses while the load publisher runs; the load ingest actually received."""
+        start = metrics(self.http)
+        load = self.publisher("--rate", str(target_msgs_per_s), "--duration-s", str(duration_s))
         try:
             self.presser.wait(self.args.warmup_s)
             before, before_s = metrics(self.http), time.perf_counter()
@@ -633,10 +688,9 @@ def measure(
     workdir: Path,
     prefix: str,
     buses: int,
-    target_msgs_per_s: float,
     load_duration_s: float,
 ) -> dict[str, Any]:
-    """Fleet, token, serve, stream, presser; then the idle and the loaded phase."""
+    """Fleet, token, serve, stream, presser; the idle phase, serve's maximum, the loaded phase."""
     buttons = [f"{prefix}BTN-{i}" for i in range(2 * args.presses)]
     import_fleet(
         fleet_document(prefix, buses=buses, buttons=len(buttons)), database_url=database_url
@@ -663,10 +717,13 @@ def measure(
             wait_ready(http, serve, log_path)
             watcher.start()
             presser.connect()
-            run = Run(args, prefix, buses, database_url, broker, http, watcher, presser)
+            run = Run(args, prefix, buses, database_url, broker, http, watcher, presser, serve)
             # Settle: serve's first second (pools, first queries) is not what is measured.
             presser.wait(1.0)
             idle = run.finish(run.press(buttons[: args.presses]))
+            maximum = run.serve_maximum(args.max_messages)
+            presser.wait(1.0)
+            target_msgs_per_s = maximum["msgs_per_s"] * args.load_fraction
             loaded = run.loaded(buttons[args.presses :], target_msgs_per_s, load_duration_s)
     finally:
         presser.close()
@@ -678,8 +735,9 @@ def measure(
             except subprocess.TimeoutExpired:
                 serve.kill()
                 serve.wait()
+    loaded["serve_max_msgs_per_s"] = maximum["msgs_per_s"]
     stream = {"alerts": watcher.alerts_seen, "positions": watcher.positions_seen}
-    return {"idle": idle, "loaded": loaded, "stream_events": stream}
+    return {"idle": idle, "loaded": loaded, "serve_max": maximum, "stream_events": stream}
 
 
 def one_round(
@@ -687,7 +745,6 @@ def one_round(
     settings: Settings,
     *,
     buses: int,
-    target_msgs_per_s: float,
     load_duration_s: float,
 ) -> dict[str, Any]:
     """Both phases on a fresh database, broker and serve (no state carried between rounds)."""
@@ -708,7 +765,6 @@ def one_round(
                 workdir=Path(tmp),
                 prefix=f"LAT-{tag}-",
                 buses=buses,
-                target_msgs_per_s=target_msgs_per_s,
                 load_duration_s=load_duration_s,
             )
         finally:
@@ -719,20 +775,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Set up, measure both phases, clean up; the result with its setup."""
     settings = Settings()
     ingest = json.loads(INGEST_RESULT.read_text(encoding="utf-8"))
-    max_msgs_per_s = float(ingest["single"]["ingest_msgs_per_s"])
     buses = int(args.buses or ingest.get("setup", {}).get("devices", 200))
-    target_msgs_per_s = max_msgs_per_s * args.load_fraction
     load_duration_s = args.warmup_s + args.presses * args.interval_ms / 1000 + LOAD_TAIL_S
     if load_duration_s > 55:
         raise SystemExit(f"load of {load_duration_s:.0f} s would reach out_of_hours' 60 s")
     rounds = [
-        one_round(
-            args,
-            settings,
-            buses=buses,
-            target_msgs_per_s=target_msgs_per_s,
-            load_duration_s=load_duration_s,
-        )
+        one_round(args, settings, buses=buses, load_duration_s=load_duration_s)
         for _ in range(args.rounds)
     ]
     # The machine is shared: per phase, the round least disturbed (lowest p99) counts,
@@ -761,7 +809,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load": "one-fix GPS messages, QoS 1, paced by a separate publisher process,"
         " buses moving along their route at 30 km/h inside their service window",
         "load_fraction_of_max": args.load_fraction,
-        "ingest_max_msgs_per_s": round(max_msgs_per_s),
+        "max": "per round, the rate at which that round's anxiao serve (ingest with the rules)"
+        " drains a backlog of --max-messages one-fix GPS messages published while it was"
+        " stopped (SIGSTOP/SIGCONT), until every message is acknowledged after its commit and"
+        " the rules took every batch; the load is --load-fraction of it",
+        "max_messages": args.max_messages,
+        "ingest_alone_max_msgs_per_s": round(float(ingest["single"]["ingest_msgs_per_s"])),
         "load_warmup_s": args.warmup_s,
         "load_duration_s": round(load_duration_s, 1),
         "goals": {"idle_p99_ms": GOAL_IDLE_P99_MS, "loaded_p99_ms": GOAL_LOADED_P99_MS},
@@ -774,7 +827,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--presses", type=int, default=100, help="per phase")
     parser.add_argument("--interval-ms", type=float, default=150.0, help="between presses")
-    parser.add_argument("--load-fraction", type=float, default=0.5, help="of ingest's maximum")
+    parser.add_argument(
+        "--load-fraction", type=float, default=0.5, help="of serve's maximum, measured per round"
+    )
+    parser.add_argument(
+        "--max-messages", type=int, default=40_000, help="backlog serve's maximum is measured on"
+    )
     parser.add_argument("--warmup-s", type=float, default=3.0, help="load before the presses")
     parser.add_argument(
         "--timeout-s", type=float, default=30.0, help="after the last press; later alerts are lost"
@@ -793,6 +851,7 @@ def main() -> int:
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--duration-s", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load_publisher:
         return load_main(args)
