@@ -676,8 +676,32 @@ class Run:
             load_messages=published["published"],
             ingest_pending_after_presses=int(after.get("anxiao_ingest_pending_messages", 0)),
             ingest_caught_up_after_load_s=None if caught_up_s is None else round(caught_up_s, 2),
+            ingest_while_pressing=pipeline(before, after),
         )
         return result
+
+
+def pipeline(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Ingest's batches between two ``/metrics`` readings: their size and where time went.
+
+    ``ack_lag_ms_mean``: a message's receipt → its acknowledgement (waiting for
+    its batch to be taken, decode, commit); the rest of the ``rules`` stage is
+    the rules hook and what it waited for.
+    """
+    p = "anxiao_ingest_"
+
+    def delta(name: str) -> float:
+        return after.get(p + name, 0.0) - before.get(p + name, 0.0)
+
+    batches = max(delta("batches_total"), 1.0)
+    commits = max(delta("commit_seconds_count"), 1.0)
+    lags = max(delta("ack_lag_seconds_count"), 1.0)
+    return {
+        "batches": int(delta("batches_total")),
+        "msgs_per_batch_mean": round(delta("messages_received_total") / batches, 1),
+        "commit_ms_mean": round(1000 * delta("commit_seconds_sum") / commits, 1),
+        "ack_lag_ms_mean": round(1000 * delta("ack_lag_seconds_sum") / lags, 1),
+    }
 
 
 def measure(
