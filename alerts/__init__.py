@@ -1,6 +1,6 @@
 """Alerts: rules as episode detectors, alert store, hazard ledger, notices, digests."""
 
-from alerts.episodes import Episode, EpisodeDetector, EpisodeEvent, EpisodeState
+from alerts.episodes import Episode, EpisodeDetector, EpisodeEvent, EpisodeState, Parking
 from alerts.rules import (
     GPS_FAULT_BITS,
     KINDS,
@@ -35,6 +35,7 @@ __all__ = [
     "OutOfHours",
     "PanicButton",
     "PanicState",
+    "Parking",
     "RouteDeviation",
     "SmokeAlarm",
     "Speeding",

@@ -36,7 +36,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from alerts.episodes import EpisodeState
+from alerts.episodes import EpisodeState, Parking
 from alerts.geometry import Filing, FilingIndex, FleetGeometry, next_window_start, window_end
 from alerts.rules import (
     AlertEvent,
@@ -71,6 +71,8 @@ SKEW_TOLERANCE_MS: Final = 60_000
 _SPEED_GAP_MS: Final = 60_000
 #: Event-clock ticks happen when the clock moved at least this much (ms).
 _TICK_EVERY_MS: Final = 1_000
+#: Service-window edges memoized per (bus, minute) before the memo is emptied.
+_EDGE_CACHE_MAX: Final = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,14 @@ class _States:
         self.panic: list[PanicState] = []
         self.fault: list[FaultState] = []
         self.offline: list[OfflineState | None] = []
+        #: Quiet states parked in fleet-wide arrays (EpisodeDetector.feed_many).
+        self.parking = {
+            "speeding": Parking(),
+            "deviation": Parking(),
+            "out_of_hours": Parking(),
+            "skew": Parking(positions=False),
+            "panic": Parking(positions=False),
+        }
 
     def grow(self, size: int) -> None:
         for states in (self.speeding, self.deviation, self.out_of_hours, self.smoke, self.skew):
@@ -182,6 +192,8 @@ class AlertEngine:
         self.geometry = FleetGeometry(registry)
         self.filings = FilingIndex(self._filings, self.geometry)
         self._route_ids: list[str] = []
+        #: Memo of :meth:`_window_edge`.
+        self._edges: dict[tuple[bool, int, int], int | None] = {}
         self.set_registry(registry)
 
     # -- configuration ---------------------------------------------------------------------
@@ -190,6 +202,7 @@ class AlertEngine:
         """A new fleet: prepare its geometry; keep every known device's state."""
         self.registry = registry
         self.geometry = FleetGeometry(registry)
+        self._edges = {}
         self.filings = FilingIndex(self._filings, self.geometry)
         self._route_ids = [*self.geometry.route_ids, *self.filings.detour_route_ids]
         self._offline_keys = None
@@ -321,6 +334,7 @@ class AlertEngine:
                 lon_deg=lon,
                 lat_deg=lat,
                 backfill=bf,
+                parking=st.parking["speeding"],
             ),
         )
 
@@ -350,6 +364,7 @@ class AlertEngine:
                     lon_deg=lon,
                     lat_deg=lat,
                     backfill=bf,
+                    parking=st.parking["deviation"],
                 ),
             )
 
@@ -368,6 +383,7 @@ class AlertEngine:
                     lon_deg=lon,
                     lat_deg=lat,
                     backfill=bf,
+                    parking=st.parking["out_of_hours"],
                 ),
             )
 
@@ -386,7 +402,14 @@ class AlertEngine:
         if not replay:
             self._collect(
                 events,
-                r.panic.feed_gps_many(st.panic, device=keys, ts_ms=ts, alarm=alarm, backfill=bf),
+                r.panic.feed_gps_many(
+                    st.panic,
+                    device=keys,
+                    ts_ms=ts,
+                    alarm=alarm,
+                    backfill=bf,
+                    parking=st.parking["panic"],
+                ),
             )
         self._collect(
             events, r.fault.feed_gps_many(st.fault, device=keys, ts_ms=ts, alarm=alarm, backfill=bf)
@@ -400,6 +423,7 @@ class AlertEngine:
                 received_ms=g.received_ms,
                 live_clock=self.clock == "live",
                 backfill=bf,
+                parking=st.parking["skew"],
             ),
         )
 
@@ -498,7 +522,9 @@ class AlertEngine:
         r, st = self.rules, self.states
         offset = self._offset_ms
         wall = self._wall_ms()
-        for k in sorted(self._busy):
+        keys = sorted(self._busy)
+        buses = self.geometry.bus_of(np.asarray(keys, dtype=np.int64)).tolist()
+        for k, bus in zip(keys, buses, strict=True):
             kw = wm + int(offset[k])
             simple: list[tuple[Any, EpisodeState, int]] = [
                 (r.speeding, st.speeding[k], kw),
@@ -508,11 +534,10 @@ class AlertEngine:
             for rule, s, at in simple:
                 if not s.quiet:
                     events[k] += rule.advance(s, watermark_ms=at)
-            bus = int(self.geometry.bus_of(np.asarray([k]))[0])
             s = st.deviation[k]
             if not s.quiet:
                 ep = s.open_episode
-                end = window_end(self.geometry, bus, ep.last_met_ms) if ep and bus >= 0 else None
+                end = self._window_edge(False, bus, ep.last_met_ms) if ep and bus >= 0 else None
                 events[k] += r.deviation.advance(
                     s,
                     watermark_ms=kw,
@@ -522,11 +547,7 @@ class AlertEngine:
             s = st.out_of_hours[k]
             if not s.quiet:
                 ep = s.open_episode
-                begin = (
-                    next_window_start(self.geometry, bus, ep.last_met_ms)
-                    if ep and bus >= 0
-                    else None
-                )
+                begin = self._window_edge(True, bus, ep.last_met_ms) if ep and bus >= 0 else None
                 events[k] += r.out_of_hours.advance(
                     s,
                     watermark_ms=kw,
@@ -540,6 +561,22 @@ class AlertEngine:
                 events[k] += r.fault.advance(f, watermark_ms=kw)
             if self._quiet(k):
                 self._busy.discard(k)
+
+    def _window_edge(self, start: bool, bus: int, ts_ms: int) -> int | None:
+        """End of the bus's window containing ``ts_ms``, or (``start``) the next window's start.
+
+        Windows begin and end on whole local minutes, so both are the same for
+        every time within one minute: memoized per (bus, minute).
+        """
+        key = (start, bus, ts_ms // 60_000)
+        edges = self._edges
+        if key in edges:
+            return edges[key]
+        if len(edges) >= _EDGE_CACHE_MAX:
+            edges.clear()
+        found = (next_window_start if start else window_end)(self.geometry, bus, ts_ms)
+        edges[key] = found
+        return found
 
     def _quiet(self, k: int) -> bool:
         st = self.states
@@ -603,7 +640,9 @@ class AlertEngine:
     def resolved(self, key: int, *, at_ms: int | None = None) -> None:
         """A person resolved the device's panic alert: later presses open a new one."""
         if key < len(self.states.panic):
-            self.rules.panic.resolve(self.states.panic[key], at_ms=at_ms)
+            state = self.states.panic[key]
+            self.states.parking["panic"].unpark(key, state.bit)  # its newest time counts
+            self.rules.panic.resolve(state, at_ms=at_ms)
 
     # -- output ------------------------------------------------------------------------------
 

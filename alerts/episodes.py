@@ -119,6 +119,7 @@ __all__ = [
     "EpisodeDetector",
     "EpisodeEvent",
     "EpisodeState",
+    "Parking",
 ]
 
 Action = Literal["open", "update", "close"]
@@ -511,6 +512,7 @@ class EpisodeDetector:
         lon_deg: npt.ArrayLike | None = None,
         lat_deg: npt.ArrayLike | None = None,
         backfill: npt.ArrayLike | None = None,
+        parking: Parking | None = None,
     ) -> dict[int, list[EpisodeEvent]]:
         """:meth:`feed` for a batch of many devices at once; events by device index.
 
@@ -520,6 +522,16 @@ class EpisodeDetector:
         are prepared once for the whole batch, and a device with nothing under
         way and no reading meeting the condition (the common case) costs a few
         microseconds of bookkeeping instead of a pass.
+
+        ``parking`` (one :class:`Parking` per detector and list of states,
+        kept by the caller) takes even that bookkeeping off the states: a
+        quiet state is *parked*, and its readings until something happens
+        are kept in fleet-wide arrays, with a few NumPy calls per batch for
+        all parked devices together. A state is unparked (its readings
+        handed back, exactly as :meth:`feed` would have kept them) before
+        anything else touches it here. Callers must not :meth:`advance` a
+        parked state (quiet states need no advance) and must
+        :meth:`Parking.release` the states before using them otherwise.
         """
         batch = _batch(ts_ms, meets, clears, ends, value, tag, lon_deg, lat_deg, backfill)
         dev = np.asarray(device, np.int64)
@@ -536,15 +548,36 @@ class EpisodeDetector:
             batch = batch.take(order)
             dev = dev[order]
         starts = np.flatnonzero(np.r_[True, dev[1:] != dev[:-1]])
-        met_any = np.logical_or.reduceat(batch.code == MET, starts).tolist()
-        ts_min = np.minimum.reduceat(batch.ts, starts).tolist()
-        ts_max = np.maximum.reduceat(batch.ts, starts).tolist()
-        stops = [*starts[1:].tolist(), n]
+        met_any_a = np.logical_or.reduceat(batch.code == MET, starts)
+        ts_min_a = np.minimum.reduceat(batch.ts, starts)
+        ts_max_a = np.maximum.reduceat(batch.ts, starts)
         lateness_ms = _ms(self.lateness_s)
+        if parking is not None:
+            parking.ensure(len(states))
+            slow = ~parking.park_many(
+                batch, dev, starts, met_any_a, ts_min_a, ts_max_a, lateness_ms=lateness_ms
+            )
+            if not slow.any():
+                return out
+            stops_a = np.r_[starts[1:], n][slow]
+            starts, met_any_a, ts_min_a, ts_max_a = (
+                starts[slow],
+                met_any_a[slow],
+                ts_min_a[slow],
+                ts_max_a[slow],
+            )
+            stops = stops_a.tolist()
+        else:
+            stops = [*starts[1:].tolist(), n]
+        met_any = met_any_a.tolist()
+        ts_min = ts_min_a.tolist()
+        ts_max = ts_max_a.tolist()
         for d, lo, hi, has_met, tmin, tmax in zip(
             dev[starts].tolist(), starts.tolist(), stops, met_any, ts_min, ts_max, strict=True
         ):
             st = states[d]
+            if parking is not None:
+                parking.unpark(d, st)
             # A copy, so that readings kept aside do not hold on to the whole batch.
             part = Buf(batch.ts[lo:hi].copy(), batch.f[lo:hi].copy(), batch.k[lo:hi].copy())
             if (
@@ -565,10 +598,14 @@ class EpisodeDetector:
                 st.pending_n += hi - lo
                 if st.pending_n + len(st.buf) > _COMPACT_AT:
                     self._settle(st, counter=st)
+                if parking is not None:
+                    parking.park(d, st)
                 continue
             events = self._feed(st, part, counter=st)
             if events:
                 out[d] = events
+            if parking is not None and st.quiet:
+                parking.park(d, st)
         return out
 
     def advance(
@@ -851,3 +888,187 @@ def _merge(buf: Buf, batch: Buf) -> Buf:
     keep = np.ones(len(both), np.bool_)
     keep[1:] = both.ts[1:] != both.ts[:-1]
     return both if bool(keep.all()) else both.take(keep)
+
+
+#: "No time yet" in :class:`Parking`'s int64 columns.
+_NO_TS: Final = int(np.iinfo(np.int64).min)
+
+
+class Parking:
+    """Quiet states of one detector kept in fleet-wide arrays (:meth:`EpisodeDetector.feed_many`).
+
+    A quiet state (idle, nothing emitted, no late lane, no meeting reading
+    buffered) can decide nothing until a reading meets the condition or
+    arrives older than its watermark. While parked, its device's bookkeeping
+    lives here, one row per device: ``max_ts``/``wm`` (the state's
+    ``max_ts_ms``/``watermark_ms``) and the readings fed since parking, in
+    arrival order (``n`` of at most ``capacity`` per device). The readings
+    that became final (older than ``wm``) are folded into one, the newest:
+    an idle pass over final non-meeting readings leaves only the last one's
+    time and position behind. For that, every parked reading has a position
+    (``positions=True``, GPS rules) or none does (``positions=False``, rules
+    fed without positions); readings of a device that mix both are fed to
+    its state instead. On
+    :meth:`unpark` the readings go to the state's ``pending`` exactly as
+    :meth:`EpisodeDetector.feed` would have kept them, so results are the
+    same with or without parking (property-tested).
+    """
+
+    def __init__(self, capacity: int = 32, *, positions: bool = True) -> None:
+        if capacity < 2:
+            raise ValueError("capacity must be >= 2")
+        self.capacity = capacity
+        self.positions = positions
+        self.parked: _BOOL = np.zeros(0, np.bool_)
+        self.max_ts: _I64 = np.zeros(0, np.int64)
+        self.wm: _I64 = np.zeros(0, np.int64)
+        self.n: _I64 = np.zeros(0, np.int64)
+        self.ts: _I64 = np.zeros((0, capacity), np.int64)
+        self.f: _F64 = np.zeros((0, capacity, 4), np.float64)
+        self.k: npt.NDArray[np.int8] = np.zeros((0, capacity, 3), np.int8)
+        self.folded: _BOOL = np.zeros(0, np.bool_)
+        self.fold_ts: _I64 = np.zeros(0, np.int64)
+        self.fold_f: _F64 = np.zeros((0, 4), np.float64)
+        self.fold_k: npt.NDArray[np.int8] = np.zeros((0, 3), np.int8)
+
+    def __len__(self) -> int:
+        return int(self.parked.shape[0])
+
+    def ensure(self, size: int) -> None:
+        """Rows for ``size`` devices (grown geometrically; new rows are not parked)."""
+        have = len(self)
+        if size <= have:
+            return
+        grow = max(size, 2 * have, 64)
+        for name in ("parked", "max_ts", "wm", "n", "folded", "fold_ts"):
+            old = getattr(self, name)
+            new = np.zeros(grow, old.dtype)
+            new[:have] = old
+            setattr(self, name, new)
+        for name in ("ts", "f", "k", "fold_f", "fold_k"):
+            old = getattr(self, name)
+            new = np.zeros((grow, *old.shape[1:]), old.dtype)
+            new[:have] = old
+            setattr(self, name, new)
+
+    @property
+    def parked_count(self) -> int:
+        """Devices parked now."""
+        return int(self.parked.sum())
+
+    def park(self, d: int, st: EpisodeState) -> None:
+        """Take over a quiet state's bookkeeping."""
+        self.parked[d] = True
+        self.max_ts[d] = _NO_TS if st.max_ts_ms is None else st.max_ts_ms
+        self.wm[d] = _NO_TS if st.watermark_ms is None else st.watermark_ms
+        self.n[d] = 0
+        self.folded[d] = False
+
+    def unpark(self, d: int, st: EpisodeState) -> None:
+        """Hand a parked state its readings and watermark back (no-op when not parked)."""
+        if d >= len(self) or not self.parked[d]:
+            return
+        self.parked[d] = False
+        parts: list[Buf] = []
+        if self.folded[d]:
+            parts.append(
+                Buf(
+                    self.fold_ts[d : d + 1].copy(),
+                    self.fold_f[d : d + 1].copy(),
+                    self.fold_k[d : d + 1].copy(),
+                )
+            )
+        m = int(self.n[d])
+        if m:
+            parts.append(Buf(self.ts[d, :m].copy(), self.f[d, :m].copy(), self.k[d, :m].copy()))
+        if parts:
+            part = parts[0] if len(parts) == 1 else Buf.concat(*parts)
+            st.pending.append(part)
+            st.pending_n += len(part)
+        top, wm = int(self.max_ts[d]), int(self.wm[d])
+        if top != _NO_TS and (st.max_ts_ms is None or top > st.max_ts_ms):
+            st.max_ts_ms = top
+        if wm != _NO_TS and (st.watermark_ms is None or wm > st.watermark_ms):
+            st.watermark_ms = wm
+        self.n[d] = 0
+        self.folded[d] = False
+
+    def release(self, states: Sequence[EpisodeState]) -> None:
+        """Unpark every state (before using them other than through ``feed_many``)."""
+        for d in np.flatnonzero(self.parked[: len(states)]).tolist():
+            self.unpark(d, states[d])
+
+    def park_many(
+        self,
+        batch: Buf,
+        dev: _I64,
+        starts: npt.NDArray[np.intp],
+        met_any: _BOOL,
+        ts_min: _I64,
+        ts_max: _I64,
+        *,
+        lateness_ms: int,
+    ) -> _BOOL:
+        """Keep the readings of parked devices that stay quiet; True per group kept.
+
+        ``batch`` is grouped by device (``dev``), groups beginning at
+        ``starts``. A group is kept when its device is parked, none of its
+        readings meets the condition nor is older than the watermark, every
+        reading has a position (none has one, with ``positions=False``), and
+        the device's row has room (after folding
+        its final readings).
+        """
+        n = len(batch)
+        g = dev[starts]
+        counts = np.diff(np.r_[starts, n])
+        lon, lat = batch.lon, batch.lat
+        unknown = np.isnan(lon) | np.isnan(lat)
+        pos_ok = np.logical_and.reduceat(~unknown if self.positions else unknown, starts)
+        keep = self.parked[g] & ~met_any & (ts_min >= self.wm[g]) & pos_ok
+        keep &= counts <= self.capacity
+        if not keep.any():
+            return keep
+        full = keep & (self.n[g] + counts > self.capacity)
+        if full.any():
+            self._fold(g[full])
+            keep &= self.n[g] + counts <= self.capacity
+            if not keep.any():
+                return keep
+        kg = g[keep]
+        top = np.maximum(self.max_ts[kg], ts_max[keep])
+        self.max_ts[kg] = top
+        self.wm[kg] = np.maximum(self.wm[kg], top - lateness_ms)
+        rows = np.repeat(keep, counts)
+        rd = dev[rows]
+        rank = np.arange(n)[rows] - np.repeat(starts[keep], counts[keep])
+        slot = self.n[rd] + rank
+        self.ts[rd, slot] = batch.ts[rows]
+        self.f[rd, slot] = batch.f[rows]
+        self.k[rd, slot] = batch.k[rows]
+        self.n[kg] += counts[keep]
+        return keep
+
+    def _fold(self, devices: _I64) -> None:
+        """Fold each device's final readings (older than its watermark) into one, the newest."""
+        cap = self.capacity
+        ts = self.ts[devices]
+        valid = np.arange(cap)[None, :] < self.n[devices][:, None]
+        final = valid & (ts < self.wm[devices][:, None])
+        has = final.any(axis=1)
+        if has.any():
+            masked = np.where(final, ts, _NO_TS)
+            j = masked.argmax(axis=1)
+            newest = masked[np.arange(devices.shape[0]), j]
+            better = has & (~self.folded[devices] | (newest > self.fold_ts[devices]))
+            bd, bj = devices[better], j[better]
+            self.fold_ts[bd] = newest[better]
+            self.fold_f[bd] = self.f[bd, bj]
+            self.fold_k[bd] = self.k[bd, bj]
+            self.folded[bd] = True
+        kept = valid & ~final
+        order = np.argsort(~kept, axis=1, kind="stable")
+        rows = np.arange(devices.shape[0])[:, None]
+        self.ts[devices] = ts[rows, order]
+        self.f[devices] = self.f[devices][rows, order]
+        self.k[devices] = self.k[devices][rows, order]
+        self.n[devices] = kept.sum(axis=1)

@@ -74,7 +74,14 @@ from typing import Any, ClassVar, Final
 import numpy as np
 import numpy.typing as npt
 
-from alerts.episodes import Action, Episode, EpisodeDetector, EpisodeEvent, EpisodeState
+from alerts.episodes import (
+    Action,
+    Episode,
+    EpisodeDetector,
+    EpisodeEvent,
+    EpisodeState,
+    Parking,
+)
 
 __all__ = [
     "GPS_FAULT_BITS",
@@ -303,8 +310,9 @@ class _EpisodeRule:
         ts: _I64,
         cond: dict[str, Any],
         details: Callable[[Episode], dict[str, Any]] | None = None,
+        parking: Parking | None = None,
     ) -> dict[int, list[AlertEvent]]:
-        per = self.detector.feed_many(states, device, ts, **cond)
+        per = self.detector.feed_many(states, device, ts, **cond, parking=parking)
         fn = self._details if details is None else details
         return {d: _alerts(self.kind, evs, fn) for d, evs in per.items()}
 
@@ -354,11 +362,12 @@ class Speeding(_EpisodeRule):
         lon_deg: npt.ArrayLike | None = None,
         lat_deg: npt.ArrayLike | None = None,
         backfill: npt.ArrayLike | None = None,
+        parking: Parking | None = None,
     ) -> dict[int, list[AlertEvent]]:
         """:meth:`feed` for a batch of many buses (``device`` indexes ``states``)."""
         ts = _ts(ts_ms)
         cond = self._cond(ts.shape[0], speed_kmh, limit_kmh, lon_deg, lat_deg, backfill)
-        return self._many(states, device, ts, cond)
+        return self._many(states, device, ts, cond, parking=parking)
 
     def _cond(
         self,
@@ -443,7 +452,7 @@ class RouteDeviation(_EpisodeRule):
         events = self.detector.feed(
             state, ts, **cond, lon_deg=lon_deg, lat_deg=lat_deg, backfill=backfill
         )
-        ids = None if route_ids is None else list(route_ids)
+        ids = route_ids
         return _alerts(self.kind, events, lambda ep: self._route_details(ep, ids))
 
     def feed_many(
@@ -462,6 +471,7 @@ class RouteDeviation(_EpisodeRule):
         lon_deg: npt.ArrayLike | None = None,
         lat_deg: npt.ArrayLike | None = None,
         backfill: npt.ArrayLike | None = None,
+        parking: Parking | None = None,
     ) -> dict[int, list[AlertEvent]]:
         """:meth:`feed` for many buses; ``route_index`` then indexes one shared ``route_ids``."""
         ts = _ts(ts_ms)
@@ -475,8 +485,10 @@ class RouteDeviation(_EpisodeRule):
             filing_covers,
         )
         cond.update(lon_deg=lon_deg, lat_deg=lat_deg, backfill=backfill)
-        ids = None if route_ids is None else list(route_ids)
-        return self._many(states, device, ts, cond, lambda ep: self._route_details(ep, ids))
+        ids = route_ids
+        return self._many(
+            states, device, ts, cond, lambda ep: self._route_details(ep, ids), parking=parking
+        )
 
     def _cond(
         self,
@@ -523,10 +535,10 @@ class RouteDeviation(_EpisodeRule):
         silent; a fix after that time would have closed it the same way.
         """
         events = self.detector.advance(state, watermark_ms=watermark_ms, cut_ms=window_end_ms)
-        ids = None if route_ids is None else list(route_ids)
+        ids = route_ids
         return _alerts(self.kind, events, lambda ep: self._route_details(ep, ids))
 
-    def _route_details(self, ep: Episode, ids: list[str] | None) -> dict[str, Any]:
+    def _route_details(self, ep: Episode, ids: Sequence[str] | None) -> dict[str, Any]:
         d = self._details(ep)
         if ids is not None and not math.isnan(ep.tag_at_max) and 0 <= ep.tag_at_max < len(ids):
             d["route_id"] = ids[int(ep.tag_at_max)]
@@ -596,12 +608,13 @@ class OutOfHours(_EpisodeRule):
         lon_deg: npt.ArrayLike | None = None,
         lat_deg: npt.ArrayLike | None = None,
         backfill: npt.ArrayLike | None = None,
+        parking: Parking | None = None,
     ) -> dict[int, list[AlertEvent]]:
         """:meth:`feed` for a batch of many buses (``device`` indexes ``states``)."""
         ts = _ts(ts_ms)
         cond = self._cond(ts.shape[0], speed_kmh, in_service_window, school_day, filing_covers)
         cond.update(lon_deg=lon_deg, lat_deg=lat_deg, backfill=backfill)
-        return self._many(states, device, ts, cond)
+        return self._many(states, device, ts, cond, parking=parking)
 
     def _cond(
         self,
@@ -1034,14 +1047,25 @@ class PanicButton:
         ts_ms: npt.ArrayLike,
         alarm: npt.ArrayLike,
         backfill: npt.ArrayLike | None = None,
+        parking: Parking | None = None,
     ) -> dict[int, list[AlertEvent]]:
-        """:meth:`feed_gps` for a batch of many devices (``device`` indexes ``states``)."""
+        """:meth:`feed_gps` for a batch of many devices (``device`` indexes ``states``).
+
+        ``parking`` (``positions=False``) parks the alarm-bit states of
+        devices with nothing under way (:meth:`EpisodeDetector.feed_many`).
+        """
         ts = _ts(ts_ms)
         a = np.asarray(alarm, np.int64)
         present = a >= 0
         bit = present & ((a >> _EMERGENCY_BIT) & 1).astype(np.bool_)
         per = self._bit_detector.feed_many(
-            [st.bit for st in states], device, ts, bit, clears=present & ~bit, backfill=backfill
+            [st.bit for st in states],
+            device,
+            ts,
+            bit,
+            clears=present & ~bit,
+            backfill=backfill,
+            parking=parking,
         )
         out = {d: self._from_bit(states[d], evs) for d, evs in per.items()}
         return {d: evs for d, evs in out.items() if evs}
@@ -1253,8 +1277,10 @@ class DeviceFault:
         present = a >= 0
         watched: dict[str, set[int]] = {}
         for d in np.unique(dev).tolist():
-            for name in states[d].sources:
-                watched.setdefault(name, set()).add(d)
+            sources = states[d].sources
+            if sources:
+                for name in sources:
+                    watched.setdefault(name, set()).add(d)
         out: dict[int, list[AlertEvent]] = {}
         for bit, name in GPS_FAULT_BITS.items():
             on = present & ((a >> bit) & 1).astype(np.bool_)
@@ -1380,6 +1406,7 @@ class ClockSkew(_EpisodeRule):
         received_ms: npt.ArrayLike,
         live_clock: bool,
         backfill: npt.ArrayLike | None = None,
+        parking: Parking | None = None,
     ) -> dict[int, list[AlertEvent]]:
         """:meth:`feed` for a batch of many devices (``device`` indexes ``states``)."""
         if not live_clock:
@@ -1387,7 +1414,7 @@ class ClockSkew(_EpisodeRule):
         ts = _ts(ts_ms)
         dev = np.asarray(device, np.int64)
         dev, rx, cond = self._cond(dev, ts, received_ms, backfill)
-        return self._many(states, dev, rx, cond)
+        return self._many(states, dev, rx, cond, parking=parking)
 
     def _cond(
         self,

@@ -182,7 +182,14 @@ class Fleet:
     zone_from_ms: _I64
 
 
-def make_fleet(rng: np.random.Generator, n_buses: int, n_vertices: int, n_zones: int) -> Fleet:
+def make_fleet(
+    rng: np.random.Generator,
+    n_buses: int,
+    n_vertices: int,
+    n_zones: int,
+    *,
+    out_of_service_share: float = 0.01,
+) -> Fleet:
     start_x = rng.uniform(-25_000, 20_000, n_buses)
     start_y = rng.uniform(-25_000, 20_000, n_buses)
     main_xy = random_walks(rng, start_x, start_y, n_vertices)
@@ -206,7 +213,7 @@ def make_fleet(rng: np.random.Generator, n_buses: int, n_vertices: int, n_zones:
         add(f"r{b:05d}b", variant_xy[j])
         bus_routes[b].append(f"r{b:05d}b")
 
-    in_service = rng.uniform(0, 1, n_buses) >= 0.01
+    in_service = rng.uniform(0, 1, n_buses) >= out_of_service_share
     morning = {"days": "school", "start": "06:30", "end": "08:30"}
     afternoon = {"days": "school", "start": "15:30", "end": "17:30"}
     registered = dt.datetime(2026, 9, 1, tzinfo=dt.UTC)
@@ -283,7 +290,14 @@ def make_fleet(rng: np.random.Generator, n_buses: int, n_vertices: int, n_zones:
 # ----------------------------------------------------------------------------- the traffic
 
 
-def make_batches(rng: np.random.Generator, fleet: Fleet, n_batches: int) -> list[IngestBatch]:
+def make_batches(
+    rng: np.random.Generator,
+    fleet: Fleet,
+    n_batches: int,
+    *,
+    speeder_share: float = 0.03,
+    off_route_share: float = 0.03,
+) -> list[IngestBatch]:
     """Batches of one fix per bus, 1–10 s apart, buses moving along (or off) their routes."""
     xy = fleet.main_xy
     n_buses, n_vertices, _ = xy.shape
@@ -295,8 +309,8 @@ def make_batches(rng: np.random.Generator, fleet: Fleet, n_batches: int) -> list
     stride = float(length.max()) + 1.0
     flat = (cum + stride * np.arange(n_buses)[:, None]).ravel()
 
-    speeder = rng.uniform(0, 1, n_buses) < 0.03
-    off_route = rng.uniform(0, 1, n_buses) < 0.03
+    speeder = rng.uniform(0, 1, n_buses) < speeder_share
+    off_route = rng.uniform(0, 1, n_buses) < off_route_share
     speed_kmh = np.where(speeder, rng.uniform(65, 80, n_buses), rng.uniform(15, 35, n_buses))
     offset_m = np.where(off_route, rng.uniform(300, 800, n_buses), 0.0) * rng.choice(
         [-1, 1], n_buses

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alerts import _core
-from alerts.episodes import Episode, EpisodeDetector, EpisodeEvent, EpisodeState
+from alerts.episodes import Episode, EpisodeDetector, EpisodeEvent, EpisodeState, Parking
 from tests.alerts.reference import CLEAR, END, MET, NEUTRAL, Reading, RefEpisode, reference
 
 T0 = 1_790_000_000_000  # an arbitrary epoch ms
@@ -481,7 +481,7 @@ def test_a_certain_close_is_never_reopened_by_a_later_doubt() -> None:
     assert (ep.ended_at_ms, ep.closed_at_ms) == (T0 + 12_000, T0 + 30_000)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), params=detectors)
 def test_feed_many_equals_one_feed_per_device(data: st.DataObject, params) -> None:
     with pass_mode(data):
@@ -501,6 +501,13 @@ def test_feed_many_equals_one_feed_per_device(data: st.DataObject, params) -> No
         cuts = sorted(set(data.draw(st.lists(st.integers(0, len(tagged)), max_size=6))))
         one = [det.new_state() for _ in range(n_dev)]
         many = [det.new_state() for _ in range(n_dev)]
+        # Parked quiet states (a small capacity, so rows fold and overflow), or none.
+        parking = data.draw(st.sampled_from([None, 2, 3, 32]))
+        lot = (
+            None
+            if parking is None
+            else Parking(capacity=parking, positions=data.draw(st.booleans()))
+        )
         got: dict[int, list[EpisodeEvent]] = {d: [] for d in range(n_dev)}
         want: dict[int, list[EpisodeEvent]] = {d: [] for d in range(n_dev)}
         for lo, hi in itertools.pairwise([0, *cuts, len(tagged)]):
@@ -524,8 +531,11 @@ def test_feed_many_equals_one_feed_per_device(data: st.DataObject, params) -> No
                 lon_deg=np.array([r.lon for r in rs]),
                 lat_deg=np.array([r.lat for r in rs]),
                 backfill=np.array([r.backfill for r in rs]),
+                parking=lot,
             ).items():
                 got[d] += evs
+        if lot is not None:
+            lot.release(many)
         for d in range(n_dev):
             end = max((r.ts for r in streams_[d]), default=T0) + 1
             want[d] += det.advance(one[d], watermark_ms=end)
@@ -533,3 +543,73 @@ def test_feed_many_equals_one_feed_per_device(data: st.DataObject, params) -> No
             assert [(e.action, e.episode._key()) for e in got[d]] == [
                 (e.action, e.episode._key()) for e in want[d]
             ]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), params=detectors)
+def test_parked_quiet_states_give_the_same_events(data: st.DataObject, params) -> None:
+    """Live-like traffic (long quiet stretches, a reading or two a device per batch), parked."""
+    open_s, close_s, gap_s = params
+    det = EpisodeDetector(
+        open_after_s=open_s, close_after_s=close_s, lateness_s=30, max_gap_s=gap_s
+    )
+    n_dev = data.draw(st.integers(1, 3))
+    positions = data.draw(st.booleans())
+    lot = Parking(capacity=data.draw(st.integers(2, 5)), positions=positions)
+    tagged: list[tuple[int, int, Reading]] = []
+    for d in range(n_dev):
+        ts = T0
+        for _ in range(data.draw(st.integers(1, 60))):
+            ts += data.draw(st.sampled_from([1_000, 5_000, 10_000, 20_000]))
+            code = data.draw(st.sampled_from([CLEAR] * 12 + [MET, NEUTRAL, END]))
+            has_pos = positions != (data.draw(st.integers(0, 19)) == 0)
+            reading = Reading(
+                ts=ts,
+                code=code,
+                value=80.0 if code == MET else 40.0,
+                tag=float(ts),
+                lon=120.7 + (ts % 997) * 1e-5 if has_pos else math.nan,
+                lat=31.3 if has_pos else math.nan,
+                backfill=False,
+            )
+            # Mostly in order; some up to 40 s late (beyond the 30 s allowed lateness).
+            delay = data.draw(st.sampled_from([0, 0, 0, 0, 3_000, 15_000, 40_000]))
+            tagged.append((ts + delay, d, reading))
+    tagged.sort(key=lambda t: t[0])
+    one = [det.new_state() for _ in range(n_dev)]
+    many = [det.new_state() for _ in range(n_dev)]
+    want: dict[int, list[EpisodeEvent]] = {d: [] for d in range(n_dev)}
+    got: dict[int, list[EpisodeEvent]] = {d: [] for d in range(n_dev)}
+    i = 0
+    while i < len(tagged):
+        part = tagged[i : i + data.draw(st.integers(1, 4))]
+        i += len(part)
+        for d in range(n_dev):
+            mine = [r for _, dd, r in part if dd == d]
+            if mine:
+                want[d] += feed(det, one[d], mine)
+        rs = [r for _, _, r in part]
+        found = det.feed_many(
+            many,
+            np.array([dd for _, dd, _ in part]),
+            np.array([r.ts for r in rs], np.int64),
+            np.array([r.code == MET for r in rs]),
+            clears=np.array([r.code == CLEAR for r in rs]),
+            ends=np.array([r.code == END for r in rs]),
+            value=np.array([r.value for r in rs]),
+            tag=np.array([r.tag for r in rs]),
+            lon_deg=np.array([r.lon for r in rs]),
+            lat_deg=np.array([r.lat for r in rs]),
+            parking=lot,
+        )
+        for d, evs in found.items():
+            got[d] += evs
+    lot.release(many)
+    for d in range(n_dev):
+        end = max(r.ts for _, dd, r in tagged if dd == d) + 1
+        want[d] += det.advance(one[d], watermark_ms=end)
+        got[d] += det.advance(many[d], watermark_ms=end)
+        assert [(e.action, e.episode._key()) for e in got[d]] == [
+            (e.action, e.episode._key()) for e in want[d]
+        ]
+        assert many[d].core == one[d].core

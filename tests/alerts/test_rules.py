@@ -22,6 +22,7 @@ from alerts import (
     OutOfHours,
     PanicButton,
     PanicState,
+    Parking,
     RouteDeviation,
     SmokeAlarm,
     Speeding,
@@ -675,9 +676,9 @@ def fleets(draw: st.DrawFn):
     return rows, bounds, ticks
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(fleet=fleets())
-def test_feed_many_equals_one_feed_per_device_for_every_gps_rule(fleet) -> None:
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleet=fleets(), parked=st.booleans())
+def test_feed_many_equals_one_feed_per_device_for_every_gps_rule(fleet, parked: bool) -> None:
     rows, bounds, ticks = fleet
     n_dev = 1 + max((r[1] for r in rows), default=0)
     speeding, deviation, ooh = Speeding(), RouteDeviation(), OutOfHours()
@@ -695,6 +696,18 @@ def test_feed_many_equals_one_feed_per_device_for_every_gps_rule(fleet) -> None:
         }
 
     one, many = fresh(), fresh()
+    # Parked quiet states (as the engine keeps them), released before every tick.
+    lots = {
+        name: Parking(capacity=3, positions=name != "skew") if parked else None
+        for name in ("speeding", "deviation", "ooh", "skew", "panic")
+    }
+
+    def release() -> None:
+        for name, lot in lots.items():
+            if lot is not None:
+                states = many[name]
+                lot.release([st.bit for st in states] if name == "panic" else states)
+
     want: dict[int, list[AlertEvent]] = {d: [] for d in range(n_dev)}
     got: dict[int, list[AlertEvent]] = {d: [] for d in range(n_dev)}
     tickers = [
@@ -709,6 +722,7 @@ def test_feed_many_equals_one_feed_per_device_for_every_gps_rule(fleet) -> None:
         if tick and a < len(rows):
             # An engine tick at a valid watermark: nothing older is still to come.
             wm = min(r[2] for r in rows[a:]) - 1
+            release()
             for name, rule in tickers:
                 for d in range(n_dev):
                     want[d] += rule.advance(one[name][d], watermark_ms=wm)  # type: ignore[attr-defined]
@@ -742,20 +756,25 @@ def test_feed_many_equals_one_feed_per_device_for_every_gps_rule(fleet) -> None:
             w += offline.feed(one["offline"][d], heard_ms=ts[m])
         results = [
             speeding.feed_many(many["speeding"], device=dev, ts_ms=ts, speed_kmh=speed,
-                               limit_kmh=np.full(k, 60.0), **common),
+                               limit_kmh=np.full(k, 60.0), **common, parking=lots["speeding"]),
             deviation.feed_many(many["deviation"], device=dev, ts_ms=ts, distance_m=dist,
-                                in_service_window=window, school_day=np.ones(k, bool), **common),
+                                in_service_window=window, school_day=np.ones(k, bool), **common,
+                                parking=lots["deviation"]),
             ooh.feed_many(many["ooh"], device=dev, ts_ms=ts, speed_kmh=speed,
-                          in_service_window=window, school_day=np.ones(k, bool), **common),
-            panic.feed_gps_many(many["panic"], device=dev, ts_ms=ts, alarm=alarm),
+                          in_service_window=window, school_day=np.ones(k, bool), **common,
+                          parking=lots["ooh"]),
+            panic.feed_gps_many(many["panic"], device=dev, ts_ms=ts, alarm=alarm,
+                                parking=lots["panic"]),
             fault.feed_gps_many(many["fault"], device=dev, ts_ms=ts, alarm=alarm),
-            skew.feed_many(many["skew"], device=dev, ts_ms=ts, received_ms=rx, live_clock=True),
+            skew.feed_many(many["skew"], device=dev, ts_ms=ts, received_ms=rx, live_clock=True,
+                           parking=lots["skew"]),
             offline.feed_many(many["offline"], device=dev, heard_ms=ts),
         ]  # fmt: skip
         for per in results:
             for d, evs in per.items():
                 got[d] += evs
     end = T0 + 10**7
+    release()
     for name, rule in tickers:
         for d in range(n_dev):
             want[d] += rule.advance(one[name][d], watermark_ms=end)  # type: ignore[attr-defined]
