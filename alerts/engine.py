@@ -44,6 +44,7 @@ from alerts.rules import (
     DeviceFault,
     DeviceOffline,
     FaultState,
+    OfflineBook,
     OfflineState,
     OutOfHours,
     PanicButton,
@@ -133,6 +134,8 @@ class _States:
         self.panic: list[PanicState] = []
         self.fault: list[FaultState] = []
         self.offline: list[OfflineState | None] = []
+        #: The offline states' times in fleet-wide arrays (DeviceOffline fast paths).
+        self.offline_book = OfflineBook()
         #: Quiet states parked in fleet-wide arrays (EpisodeDetector.feed_many).
         self.parking = {
             "speeding": Parking(),
@@ -148,6 +151,7 @@ class _States:
         self.panic.extend(PanicState() for _ in range(size - len(self.panic)))
         self.fault.extend(FaultState() for _ in range(size - len(self.fault)))
         self.offline.extend(None for _ in range(size - len(self.offline)))
+        self.offline_book.ensure(size)
 
 
 def _grow(array: npt.NDArray[Any], size: int, fill: Any) -> npt.NDArray[Any]:
@@ -186,7 +190,7 @@ class AlertEngine:
         #: Devices whose episode rules may have something under way (ticks visit only these).
         self._busy: set[int] = set()
         #: Devices checked for silence (all registered, not retired); None: to be listed.
-        self._offline_keys: list[int] | None = None
+        self._offline_keys: _I64 | None = None
         self._filings: list[Filing] = list(filings)
         self.registry = registry
         self.geometry = FleetGeometry(registry)
@@ -208,10 +212,13 @@ class AlertEngine:
         self._offline_keys = None
         size = max(registry.devices, default=-1) + 1
         self._ensure(size)
+        book = self.states.offline_book
         for key, device in registry.devices.items():
             st = self.states.offline[key]
-            if st is not None:
+            if st is not None and st.offline_after_s != float(device.offline_after_s):
+                book.sync_to(key, st)
                 st.offline_after_s = float(device.offline_after_s)
+                book.add(key, st)
 
     def set_filings(self, filings: Iterable[Filing]) -> None:
         """Replace the movement filings and detours."""
@@ -237,6 +244,7 @@ class AlertEngine:
                 since = int(device.registered_at.timestamp() * 1000) if device else self._wall_ms()
             st = self.rules.offline.new_state(offline_after_s=threshold, since_ms=since)
             self.states.offline[key] = st
+            self.states.offline_book.add(key, st)
         return st
 
     # -- batches -----------------------------------------------------------------------------
@@ -295,10 +303,13 @@ class AlertEngine:
             heard = np.concatenate([c.received_ms for c in channels])
         if self.first_event_ms is None and heard.size:
             self.first_event_ms = int(heard.min())
-        for k in np.unique(keys).tolist():
+        book = self.states.offline_book
+        heard_keys = np.unique(keys)
+        for k in heard_keys[~book.known[heard_keys]].tolist():
             self._offline_state(k)
         states: list[OfflineState] = self.states.offline  # type: ignore[assignment]
-        for d, evs in self.rules.offline.feed_many(states, device=keys, heard_ms=heard).items():
+        found = self.rules.offline.feed_many(states, device=keys, heard_ms=heard, book=book)
+        for d, evs in found.items():
             events[d] += evs
 
     def _gps(
@@ -592,11 +603,16 @@ class AlertEngine:
 
     def _advance_offline(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
         if self._offline_keys is None:
-            self._offline_keys = [k for k, d in self.registry.devices.items() if not d.retired]
+            self._offline_keys = np.asarray(
+                [k for k, d in self.registry.devices.items() if not d.retired], dtype=np.int64
+            )
         keys = self._offline_keys
-        states = [self._offline_state(k) for k in keys]
-        for i, found in self.rules.offline.advance_many(states, watermark_ms=wm).items():
-            events[keys[i]] += found
+        book = self.states.offline_book
+        for k in keys[~book.known[keys]].tolist():
+            self._offline_state(k)
+        found = self.rules.offline.advance_keys(self.states.offline, keys, book, watermark_ms=wm)
+        for k, evs in found.items():
+            events[k] += evs
 
     # -- restart -----------------------------------------------------------------------------
 
@@ -614,20 +630,24 @@ class AlertEngine:
             if key >= len(self.states.offline) or key not in self.registry.devices:
                 continue
             st = self._offline_state(key)
+            self.states.offline_book.sync_to(key, st)
             if st.max_heard_ms is None:
                 st.last_final_ms = st.max_heard_ms = heard
             elif heard > st.max_heard_ms:
                 self.rules.offline.feed(st, heard_ms=[heard])
+            self.states.offline_book.sync_from(key, st)
         for k, kind, started_ms, details in active:
             if k is None or k >= len(self.states.offline):
                 continue
             if kind == "device_offline":
                 off = self._offline_state(k)
+                self.states.offline_book.sync_to(k, off)
                 if not off.episodes:
                     seen = details.get("last_seen_at")
                     last = None if seen is None else _parse_ms(seen)
                     off.episodes.append([off.next_number, last, None])
                     off.next_number += 1
+                self.states.offline_book.sync_from(k, off)
             elif kind == "panic_button":
                 p = self.states.panic[k]
                 if p.active is None:

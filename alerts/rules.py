@@ -91,6 +91,7 @@ __all__ = [
     "DeviceFault",
     "DeviceOffline",
     "FaultState",
+    "OfflineBook",
     "OfflineState",
     "OutOfHours",
     "PanicButton",
@@ -738,12 +739,19 @@ class DeviceOffline:
         return self._settle(state, wm)
 
     def feed_many(
-        self, states: Sequence[OfflineState], *, device: npt.ArrayLike, heard_ms: npt.ArrayLike
+        self,
+        states: Sequence[OfflineState],
+        *,
+        device: npt.ArrayLike,
+        heard_ms: npt.ArrayLike,
+        book: OfflineBook | None = None,
     ) -> dict[int, list[AlertEvent]]:
         """:meth:`feed` for a batch of many devices (``device`` indexes ``states``).
 
         A device heard without a silence longer than its threshold anywhere
-        (the common case) only moves its last heard time, watermark included.
+        (the common case) only moves its last heard time, watermark included;
+        with a ``book`` (every device's state added to it), that is done for
+        all such devices at once in its arrays.
         """
         hs = _ts(heard_ms)
         dev = np.asarray(device, np.int64)
@@ -758,12 +766,26 @@ class DeviceOffline:
         stops = np.r_[starts[1:], hs.shape[0]]
         gaps = np.r_[0, np.diff(hs)]
         gaps[starts] = 0
-        max_gap = np.maximum.reduceat(gaps, starts).tolist()
+        max_gap_a = np.maximum.reduceat(gaps, starts)
         lateness_ms = round(self.lateness_s * 1000)
+        if book is not None:
+            g = dev[starts]
+            first_a, last_a = hs[starts], hs[stops - 1]
+            prev = book._base(g)
+            thr = book.thr[g]
+            fast = book.simple[g] & (max_gap_a <= thr) & (first_a > prev) & (first_a - prev <= thr)
+            fg = g[fast]
+            book.last[fg] = last_a[fast]
+            book.wm[fg] = np.maximum(book.wm[fg], last_a[fast] - lateness_ms)
+            slow = ~fast
+            starts, stops, max_gap_a = starts[slow], stops[slow], max_gap_a[slow]
+        max_gap = max_gap_a.tolist()
         for d, lo, hi, mg in zip(
             dev[starts].tolist(), starts.tolist(), stops.tolist(), max_gap, strict=True
         ):
             st = states[d]
+            if book is not None:
+                book.sync_to(d, st)
             first, last = int(hs[lo]), int(hs[hi - 1])
             thr_ms = round(st.offline_after_s * 1000)
             if not st.episodes and mg <= thr_ms and _no_silence(st, first, thr_ms):
@@ -774,10 +796,14 @@ class DeviceOffline:
                 wm = st.max_heard_ms - lateness_ms
                 if st.watermark_ms is None or wm > st.watermark_ms:
                     st.watermark_ms = wm
+                if book is not None:
+                    book.sync_from(d, st)
                 continue
             events = self.feed(st, heard_ms=hs[lo:hi])
             if events:
                 out[d] = events
+            if book is not None:
+                book.sync_from(d, st)
         return out
 
     def advance_many(
@@ -796,6 +822,35 @@ class DeviceOffline:
                         st.watermark_ms = watermark_ms
                     continue
             events = self.advance(st, watermark_ms=watermark_ms)
+            if events:
+                out[d] = events
+        return out
+
+    def advance_keys(
+        self,
+        states: Sequence[OfflineState | None],
+        keys: _I64,
+        book: OfflineBook,
+        *,
+        watermark_ms: int,
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`advance` the states of ``keys`` (each in ``book``); events by key.
+
+        Simple devices still within their threshold only have their
+        watermark raised, in the book's arrays, all at once.
+        """
+        out: dict[int, list[AlertEvent]] = {}
+        if keys.size == 0:
+            return out
+        within = book.simple[keys] & (watermark_ms - book._base(keys) <= book.thr[keys])
+        quiet = keys[within]
+        book.wm[quiet] = np.maximum(book.wm[quiet], watermark_ms)
+        for d in keys[~within].tolist():
+            st = states[d]
+            assert st is not None
+            book.sync_to(d, st)
+            events = self.advance(st, watermark_ms=watermark_ms)
+            book.sync_from(d, st)
             if events:
                 out[d] = events
         return out
@@ -883,6 +938,72 @@ class DeviceOffline:
                 "threshold_s": state.offline_after_s,
             },
         )
+
+
+#: "Never heard" / "no watermark yet" in :class:`OfflineBook`'s int64 columns.
+_NO_MS: Final = int(np.iinfo(np.int64).min)
+
+
+class OfflineBook:
+    """Fleet-wide arrays that let :class:`DeviceOffline` skip the devices with nothing to decide.
+
+    One row per device, indexed like the states. A *simple* device has no
+    episode and no heard time pending; its last heard time (``last``,
+    :data:`_NO_MS`: never heard) and watermark (``wm``) then live here, not
+    in its :class:`OfflineState` (stale until :meth:`sync_to`), so hearing
+    it within its threshold or a tick that finds it within its threshold
+    is one NumPy operation for all such devices together. ``known``: a
+    state exists (``thr``/``since`` are its threshold in ms and ``since_ms``).
+    """
+
+    def __init__(self) -> None:
+        self.known: _BOOL = np.zeros(0, np.bool_)
+        self.simple: _BOOL = np.zeros(0, np.bool_)
+        self.last: _I64 = np.zeros(0, np.int64)
+        self.wm: _I64 = np.zeros(0, np.int64)
+        self.thr: _I64 = np.zeros(0, np.int64)
+        self.since: _I64 = np.zeros(0, np.int64)
+
+    def ensure(self, size: int) -> None:
+        """Rows for ``size`` devices (new rows: no state)."""
+        have = self.known.shape[0]
+        if size <= have:
+            return
+        grow = max(size, 2 * have, 64)
+        for name in ("known", "simple", "last", "wm", "thr", "since"):
+            old = getattr(self, name)
+            new = np.zeros(grow, old.dtype)
+            new[:have] = old
+            setattr(self, name, new)
+
+    def add(self, d: int, st: OfflineState) -> None:
+        """A new state for device ``d`` (or one changed outside the rule: read it again)."""
+        self.ensure(d + 1)
+        self.known[d] = True
+        self.thr[d] = round(st.offline_after_s * 1000)
+        self.since[d] = st.since_ms
+        self.sync_from(d, st)
+
+    def sync_to(self, d: int, st: OfflineState) -> None:
+        """Write a simple device's times back into its state (before the state is used)."""
+        if not self.simple[d]:
+            return
+        self.simple[d] = False
+        last, wm = int(self.last[d]), int(self.wm[d])
+        st.last_final_ms = st.max_heard_ms = None if last == _NO_MS else last
+        st.watermark_ms = None if wm == _NO_MS else wm
+
+    def sync_from(self, d: int, st: OfflineState) -> None:
+        """Take a state's times over when it is simple (no episode, nothing pending)."""
+        simple = not st.episodes and not st.pending_ms and st.max_heard_ms == st.last_final_ms
+        self.simple[d] = simple
+        if simple:
+            self.last[d] = _NO_MS if st.last_final_ms is None else st.last_final_ms
+            self.wm[d] = _NO_MS if st.watermark_ms is None else st.watermark_ms
+
+    def _base(self, d: _I64) -> _I64:
+        last = self.last[d]
+        return np.where(last == _NO_MS, self.since[d], last)
 
 
 def _no_silence(st: OfflineState, first_ms: int, thr_ms: int) -> bool:

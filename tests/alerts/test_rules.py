@@ -18,6 +18,7 @@ from alerts import (
     DeviceOffline,
     EpisodeState,
     FaultState,
+    OfflineBook,
     OfflineState,
     OutOfHours,
     PanicButton,
@@ -702,6 +703,17 @@ def test_feed_many_equals_one_feed_per_device_for_every_gps_rule(fleet, parked: 
         for name in ("speeding", "deviation", "ooh", "skew", "panic")
     }
 
+    # The offline states' times kept in a book's arrays (as the engine keeps them).
+    book = OfflineBook() if parked else None
+    if book is not None:
+        for d, state in enumerate(many["offline"]):
+            book.add(d, state)
+
+    def advance_offline(wm: int) -> dict[int, list[AlertEvent]]:
+        if book is None:
+            return offline.advance_many(many["offline"], watermark_ms=wm)
+        return offline.advance_keys(many["offline"], np.arange(n_dev), book, watermark_ms=wm)
+
     def release() -> None:
         for name, lot in lots.items():
             if lot is not None:
@@ -716,7 +728,6 @@ def test_feed_many_equals_one_feed_per_device_for_every_gps_rule(fleet, parked: 
         ("ooh", ooh),
         ("panic", panic),
         ("fault", fault),
-        ("offline", offline),
     ]
     for (a, b), tick in zip(itertools.pairwise(bounds), ticks, strict=False):
         if tick and a < len(rows):
@@ -728,6 +739,10 @@ def test_feed_many_equals_one_feed_per_device_for_every_gps_rule(fleet, parked: 
                     want[d] += rule.advance(one[name][d], watermark_ms=wm)  # type: ignore[attr-defined]
                 for d, evs in rule.advance_many(many[name], watermark_ms=wm).items():  # type: ignore[attr-defined]
                     got[d] += evs
+            for d in range(n_dev):
+                want[d] += offline.advance(one["offline"][d], watermark_ms=wm)
+            for d, evs in advance_offline(wm).items():
+                got[d] += evs
         part = rows[a:b]
         cols = [np.asarray(c) for c in zip(*part, strict=True)] if part else []
         if not part:
@@ -768,7 +783,7 @@ def test_feed_many_equals_one_feed_per_device_for_every_gps_rule(fleet, parked: 
             fault.feed_gps_many(many["fault"], device=dev, ts_ms=ts, alarm=alarm),
             skew.feed_many(many["skew"], device=dev, ts_ms=ts, received_ms=rx, live_clock=True,
                            parking=lots["skew"]),
-            offline.feed_many(many["offline"], device=dev, heard_ms=ts),
+            offline.feed_many(many["offline"], device=dev, heard_ms=ts, book=book),
         ]  # fmt: skip
         for per in results:
             for d, evs in per.items():
@@ -780,6 +795,10 @@ def test_feed_many_equals_one_feed_per_device_for_every_gps_rule(fleet, parked: 
             want[d] += rule.advance(one[name][d], watermark_ms=end)  # type: ignore[attr-defined]
         for d, evs in rule.advance_many(many[name], watermark_ms=end).items():  # type: ignore[attr-defined]
             got[d] += evs
+    for d in range(n_dev):
+        want[d] += offline.advance(one["offline"][d], watermark_ms=end)
+    for d, evs in advance_offline(end).items():
+        got[d] += evs
     for d in range(n_dev):
         # Per rule the order of events is the same; across rules it may differ.
         assert sorted(got[d], key=repr) == sorted(want[d], key=repr)
