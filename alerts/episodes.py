@@ -132,6 +132,11 @@ _NAN: Final = math.nan
 _FLUSH_ALL: Final = np.iinfo(np.int64).max // 2
 #: Readings kept aside in the quiet case before they are merged and trimmed.
 _COMPACT_AT: Final = 64
+#: ``EpisodeState.due_ms`` when nothing is waiting for the watermark.
+_NEVER: Final = int(np.iinfo(np.int64).max)
+#: Whether :meth:`EpisodeDetector.advance` skips states with nothing due (tests turn
+#: it off to check that skipping changes nothing).
+_SKIP_UNDUE = True
 _PHASES: Final = {IDLE: "idle", CANDIDATE: "candidate", ACTIVE: "active", CLOSING: "closing"}
 
 
@@ -259,6 +264,10 @@ class EpisodeState:
     #: Quiet batches not merged into ``buf`` yet (see ``EpisodeDetector._feed``).
     pending: list[Buf] = field(default_factory=list, repr=False)
     pending_n: int = field(default=0, repr=False)
+    #: Watermark at or below which an :meth:`EpisodeDetector.advance` can decide
+    #: nothing new (the deciding reading of the first decision still uncertain, or
+    #: the close of an emitted episode kept until final); ``None``: unknown.
+    due_ms: int | None = field(default=None, repr=False)
 
     def _absorb(self) -> None:
         """Merge the quiet batches kept aside into ``buf`` (changes nothing observable)."""
@@ -622,8 +631,24 @@ class EpisodeDetector:
         silent); it is ignored when already final. Watermarks never move back.
         """
         events: list[EpisodeEvent] = []
+        cut = cut_ms is not None and (state.watermark_ms is None or cut_ms >= state.watermark_ms)
+        if (
+            _SKIP_UNDUE
+            and not cut
+            and state.due_ms is not None
+            and watermark_ms <= state.due_ms
+            and not state.pending
+            and state.late_lane is None
+            and self._gap_ms is None  # a silence may close: always settle
+        ):
+            # Nothing can become certain: only the watermark moves (the readings now
+            # older than it are finalized by the next pass, with the same result).
+            if state.watermark_ms is None or watermark_ms > state.watermark_ms:
+                state.watermark_ms = watermark_ms
+            return events
         state._absorb()
-        if cut_ms is not None and (state.watermark_ms is None or cut_ms >= state.watermark_ms):
+        if cut:
+            assert cut_ms is not None
             virt = Buf.from_columns(
                 np.asarray([cut_ms], np.int64),
                 np.asarray([END], np.int8),
@@ -741,6 +766,7 @@ class EpisodeDetector:
     ) -> list[EpisodeEvent]:
         """Finalize readings older than the watermark, speculate on the rest, reconcile."""
         wm = state.watermark_ms
+        state.due_ms = None
         if wm is None:
             return []
         state._absorb()
@@ -794,15 +820,23 @@ class EpisodeDetector:
         certain: list[Ep] = list(final_eps)
         if certain and certain[-1].closed_at_ms is None and spec_eps and spec_eps[0].continued:
             certain.pop()
+        due = _NEVER
         for ep in spec_eps:
             if not ep.continued and not ep.open_instant:
+                due = ep.opened_at_ms  # this open is certain once its reading is final
                 break
             if ep.closed_at_ms is not None and not ep.close_instant:
+                due = ep.closed_at_ms  # likewise this close
                 ep.closed_at_ms = None  # the close may still be undone: report it as open
                 certain.append(ep)
                 break
             certain.append(ep)
-        return self._reconcile(state, certain, counter=counter)
+        events = self._reconcile(state, certain, counter=counter)
+        for ep_ in state.emitted:
+            if ep_.closed_at_ms is not None:
+                due = min(due, ep_.closed_at_ms)  # kept until final, then dropped
+        state.due_ms = due
+        return events
 
     def _reconcile(
         self, state: EpisodeState, eps: list[Ep], *, counter: EpisodeState
