@@ -120,6 +120,7 @@ __all__ = [
     "EpisodeEvent",
     "EpisodeState",
     "Parking",
+    "grow_rows",
 ]
 
 Action = Literal["open", "update", "close"]
@@ -924,6 +925,37 @@ def _merge(buf: Buf, batch: Buf) -> Buf:
     return both if bool(keep.all()) else both.take(keep)
 
 
+def grow_rows(owner: object, names: Sequence[str], size: int) -> None:
+    """Give each array attribute ``names`` of ``owner`` at least ``size`` rows (zeros added).
+
+    Grown geometrically (at least doubled), so adding devices one by one stays cheap.
+    """
+    first = getattr(owner, names[0])
+    have = int(first.shape[0])
+    if size <= have:
+        return
+    rows = max(size, 2 * have, 64)
+    for name in names:
+        old = getattr(owner, name)
+        new = np.zeros((rows, *old.shape[1:]), old.dtype)
+        new[:have] = old
+        setattr(owner, name, new)
+
+
+#: :class:`Parking`'s per-device arrays.
+_PARKING_COLUMNS: Final = (
+    "parked",
+    "max_ts",
+    "wm",
+    "n",
+    "folded",
+    "fold_ts",
+    "ts",
+    "f",
+    "k",
+    "fold_f",
+    "fold_k",
+)
 #: "No time yet" in :class:`Parking`'s int64 columns.
 _NO_TS: Final = int(np.iinfo(np.int64).min)
 
@@ -970,20 +1002,7 @@ class Parking:
 
     def ensure(self, size: int) -> None:
         """Rows for ``size`` devices (grown geometrically; new rows are not parked)."""
-        have = len(self)
-        if size <= have:
-            return
-        grow = max(size, 2 * have, 64)
-        for name in ("parked", "max_ts", "wm", "n", "folded", "fold_ts"):
-            old = getattr(self, name)
-            new = np.zeros(grow, old.dtype)
-            new[:have] = old
-            setattr(self, name, new)
-        for name in ("ts", "f", "k", "fold_f", "fold_k"):
-            old = getattr(self, name)
-            new = np.zeros((grow, *old.shape[1:]), old.dtype)
-            new[:have] = old
-            setattr(self, name, new)
+        grow_rows(self, _PARKING_COLUMNS, size)
 
     @property
     def parked_count(self) -> int:

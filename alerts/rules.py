@@ -81,6 +81,7 @@ from alerts.episodes import (
     EpisodeEvent,
     EpisodeState,
     Parking,
+    grow_rows,
 )
 
 __all__ = [
@@ -966,15 +967,7 @@ class OfflineBook:
 
     def ensure(self, size: int) -> None:
         """Rows for ``size`` devices (new rows: no state)."""
-        have = self.known.shape[0]
-        if size <= have:
-            return
-        grow = max(size, 2 * have, 64)
-        for name in ("known", "simple", "last", "wm", "thr", "since"):
-            old = getattr(self, name)
-            new = np.zeros(grow, old.dtype)
-            new[:have] = old
-            setattr(self, name, new)
+        grow_rows(self, ("known", "simple", "last", "wm", "thr", "since"), size)
 
     def add(self, d: int, st: OfflineState) -> None:
         """A new state for device ``d`` (or one changed outside the rule: read it again)."""

@@ -39,6 +39,49 @@ def feed(det: EpisodeDetector, state: EpisodeState, rs: list[Reading]) -> list[E
     )
 
 
+def feed_many(
+    det: EpisodeDetector,
+    states: list[EpisodeState],
+    part: list[tuple[int, int, Reading]],
+    *,
+    parking: Parking | None,
+) -> dict[int, list[EpisodeEvent]]:
+    """Feed ``(arrival, device, reading)`` triples of many devices as one batch."""
+    rs = [r for _, _, r in part]
+    return det.feed_many(
+        states,
+        np.array([d for _, d, _ in part]),
+        np.array([r.ts for r in rs], np.int64),
+        np.array([r.code == MET for r in rs]),
+        clears=np.array([r.code == CLEAR for r in rs]),
+        ends=np.array([r.code == END for r in rs]),
+        value=np.array([r.value for r in rs]),
+        tag=np.array([r.tag for r in rs]),
+        lon_deg=np.array([r.lon for r in rs]),
+        lat_deg=np.array([r.lat for r in rs]),
+        backfill=np.array([r.backfill for r in rs]),
+        parking=parking,
+    )
+
+
+def feed_both(
+    det: EpisodeDetector,
+    one: list[EpisodeState],
+    many: list[EpisodeState],
+    part: list[tuple[int, int, Reading]],
+    parking: Parking | None,
+    want: dict[int, list[EpisodeEvent]],
+    got: dict[int, list[EpisodeEvent]],
+) -> None:
+    """A batch fed one device at a time (``one``, into ``want``) and all at once (``many``)."""
+    for d in range(len(one)):
+        mine = [r for _, dd, r in part if dd == d]
+        if mine:
+            want[d] += feed(det, one[d], mine)
+    for d, evs in feed_many(det, many, part, parking=parking).items():
+        got[d] += evs
+
+
 def fold(events: list[EpisodeEvent]) -> dict[int, Episode]:
     """Final episodes by number; checks that each is opened once and closed at most once."""
     seen: dict[int, Episode] = {}
@@ -514,26 +557,7 @@ def test_feed_many_equals_one_feed_per_device(data: st.DataObject, params) -> No
             part = tagged[lo:hi]
             if not part:
                 continue
-            for d in range(n_dev):
-                mine = [r for _, dd, r in part if dd == d]
-                if mine:
-                    want[d] += feed(det, one[d], mine)
-            rs = [r for _, _, r in part]
-            for d, evs in det.feed_many(
-                many,
-                np.array([dd for _, dd, _ in part]),
-                np.array([r.ts for r in rs], np.int64),
-                np.array([r.code == MET for r in rs]),
-                clears=np.array([r.code == CLEAR for r in rs]),
-                ends=np.array([r.code == END for r in rs]),
-                value=np.array([r.value for r in rs]),
-                tag=np.array([r.tag for r in rs]),
-                lon_deg=np.array([r.lon for r in rs]),
-                lat_deg=np.array([r.lat for r in rs]),
-                backfill=np.array([r.backfill for r in rs]),
-                parking=lot,
-            ).items():
-                got[d] += evs
+            feed_both(det, one, many, part, lot, want, got)
         if lot is not None:
             lot.release(many)
         for d in range(n_dev):
@@ -584,26 +608,7 @@ def test_parked_quiet_states_give_the_same_events(data: st.DataObject, params) -
     while i < len(tagged):
         part = tagged[i : i + data.draw(st.integers(1, 4))]
         i += len(part)
-        for d in range(n_dev):
-            mine = [r for _, dd, r in part if dd == d]
-            if mine:
-                want[d] += feed(det, one[d], mine)
-        rs = [r for _, _, r in part]
-        found = det.feed_many(
-            many,
-            np.array([dd for _, dd, _ in part]),
-            np.array([r.ts for r in rs], np.int64),
-            np.array([r.code == MET for r in rs]),
-            clears=np.array([r.code == CLEAR for r in rs]),
-            ends=np.array([r.code == END for r in rs]),
-            value=np.array([r.value for r in rs]),
-            tag=np.array([r.tag for r in rs]),
-            lon_deg=np.array([r.lon for r in rs]),
-            lat_deg=np.array([r.lat for r in rs]),
-            parking=lot,
-        )
-        for d, evs in found.items():
-            got[d] += evs
+        feed_both(det, one, many, part, lot, want, got)
     lot.release(many)
     for d in range(n_dev):
         end = max(r.ts for _, dd, r in tagged if dd == d) + 1
