@@ -535,18 +535,22 @@ class AlertEngine:
         wall = self._wall_ms()
         keys = sorted(self._busy)
         buses = self.geometry.bus_of(np.asarray(keys, dtype=np.int64)).tolist()
+        lots = st.parking
         for k, bus in zip(keys, buses, strict=True):
             kw = wm + int(offset[k])
-            simple: list[tuple[Any, EpisodeState, int]] = [
-                (r.speeding, st.speeding[k], kw),
-                (r.smoke, st.smoke[k], kw),
-                (r.skew, st.skew[k], wall),
+            under_way = False  # whether anything is left under way after this tick
+            simple: list[tuple[Any, EpisodeState, int, Parking | None]] = [
+                (r.speeding, st.speeding[k], kw, lots["speeding"]),
+                (r.smoke, st.smoke[k], kw, None),
+                (r.skew, st.skew[k], wall, lots["skew"]),
             ]
-            for rule, s, at in simple:
-                if not s.quiet:
-                    events[k] += rule.advance(s, watermark_ms=at)
+            for rule, s, at, lot in simple:
+                if _idle(s, lot, k):
+                    continue
+                events[k] += rule.advance(s, watermark_ms=at)
+                under_way = under_way or not s.quiet
             s = st.deviation[k]
-            if not s.quiet:
+            if not _idle(s, lots["deviation"], k):
                 ep = s.open_episode
                 end = self._window_edge(False, bus, ep.last_met_ms) if ep and bus >= 0 else None
                 events[k] += r.deviation.advance(
@@ -555,8 +559,9 @@ class AlertEngine:
                     window_end_ms=end if end is not None and end <= kw else None,
                     route_ids=self._route_ids,
                 )
+                under_way = under_way or not s.quiet
             s = st.out_of_hours[k]
-            if not s.quiet:
+            if not _idle(s, lots["out_of_hours"], k):
                 ep = s.open_episode
                 begin = self._window_edge(True, bus, ep.last_met_ms) if ep and bus >= 0 else None
                 events[k] += r.out_of_hours.advance(
@@ -564,13 +569,16 @@ class AlertEngine:
                     watermark_ms=kw,
                     window_start_ms=begin if begin is not None and begin <= kw else None,
                 )
+                under_way = under_way or not s.quiet
             p = st.panic[k]
-            if not p.bit.quiet:
+            if not _idle(p.bit, lots["panic"], k):
                 events[k] += r.panic.advance(p, watermark_ms=kw)
+                under_way = under_way or not p.bit.quiet
             f = st.fault[k]
             if f.sources and not all(x.quiet for x in f.sources.values()):
                 events[k] += r.fault.advance(f, watermark_ms=kw)
-            if self._quiet(k):
+                under_way = under_way or not all(x.quiet for x in f.sources.values())
+            if not under_way:
                 self._busy.discard(k)
 
     def _window_edge(self, start: bool, bus: int, ts_ms: int) -> int | None:
@@ -588,18 +596,6 @@ class AlertEngine:
         found = (next_window_start if start else window_end)(self.geometry, bus, ts_ms)
         edges[key] = found
         return found
-
-    def _quiet(self, k: int) -> bool:
-        st = self.states
-        return (
-            st.speeding[k].quiet
-            and st.smoke[k].quiet
-            and st.skew[k].quiet
-            and st.deviation[k].quiet
-            and st.out_of_hours[k].quiet
-            and st.panic[k].bit.quiet
-            and all(x.quiet for x in st.fault[k].sources.values())
-        )
 
     def _advance_offline(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
         if self._offline_keys is None:
@@ -678,6 +674,11 @@ class AlertEngine:
             for ev in coalesce(evs):
                 out.append(to_change(device.id, ev))
         return out
+
+
+def _idle(state: EpisodeState, lot: Parking | None, key: int) -> bool:
+    """Nothing under way: parked (known quiet without a look at its buffer), or quiet."""
+    return (lot is not None and lot.is_parked(key)) or state.quiet
 
 
 def _parse_ms(text: str) -> int:

@@ -1004,6 +1004,10 @@ class Parking:
         """Rows for ``size`` devices (grown geometrically; new rows are not parked)."""
         grow_rows(self, _PARKING_COLUMNS, size)
 
+    def is_parked(self, d: int) -> bool:
+        """Whether device ``d``'s state is parked (so quiet)."""
+        return d < self.parked.shape[0] and bool(self.parked[d])
+
     @property
     def parked_count(self) -> int:
         """Devices parked now."""
