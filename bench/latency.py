@@ -51,9 +51,10 @@ every round is kept under ``rounds`` with the machine's load average.
 The floor, in the same run: ``storage_commit`` per phase is the database's
 own commit latency while the presses go out (a thread committing one small
 row every 100 ms on its own connection). A press takes two commits, ingest's
-(acknowledged only after it) and the alert store's; on a disk whose flushes
-stall now and then (this machine: 0.3–1.2 s, about every 30 s, with nothing
-else running), a press that meets a stall waits it out, whatever serve does.
+(acknowledged only after it) and the alert store's; when the disk's flushes
+stall, a press that meets a stall waits it out, whatever serve does (one
+cause found here: the stack's Mosquitto rewriting a 964 MB store of an
+abandoned session's queue every 30 s; see ``docs/operations.md``).
 
 Prints ``{"idle": {"p50_ms", "p99_ms", ...}, "loaded": {"p50_ms", "p99_ms",
 "load_msgs_per_s", ...}}`` and writes it, with the rounds and the setup, to
