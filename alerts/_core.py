@@ -324,7 +324,16 @@ class _Slice:
 
     __slots__ = ("cs", "lat_ff", "lon_ff", "met", "tag", "ts", "vmax")
 
-    def __init__(self, core: Core, b: Buf, met: _BOOL, *, want_value: bool, want_pos: bool):
+    def __init__(
+        self,
+        core: Core,
+        b: Buf,
+        met: _BOOL,
+        *,
+        want_value: bool,
+        want_pos: bool,
+        want_path: bool = True,
+    ):
         self.ts = b.ts
         self.met = met
         self.tag = b.tag
@@ -349,12 +358,12 @@ class _Slice:
             prev_lat[0] = core.prev_lat
             prev_lon[1:] = lon_ff[:-1]
             prev_lat[1:] = lat_ff[:-1]
-            step = _haversine_m(prev_lon, prev_lat, lon_ff, lat_ff)
-            # A reading without a position, or the very first position, adds no distance.
-            step = np.where(valid & ~np.isnan(step), step, 0.0)
-            cs = np.empty(n + 1)
-            cs[0] = 0.0
-            np.cumsum(step, out=cs[1:])
+            cs = np.zeros(n + 1)
+            if want_path:
+                step = _haversine_m(prev_lon, prev_lat, lon_ff, lat_ff)
+                # A reading without a position, or the very first position, adds no distance.
+                step = np.where(valid & ~np.isnan(step), step, 0.0)
+                np.cumsum(step, out=cs[1:])
             self.lon_ff, self.lat_ff, self.cs = lon_ff, lat_ff, cs
 
     def extend(self, ep: Ep, lo: int, hi: int, *, step_lo: int) -> None:
@@ -418,6 +427,7 @@ def run_pass(
     gap_ms: int | None,
     want_value: bool,
     want_pos: bool,
+    want_path: bool = True,
 ) -> list[Ep]:
     """Run the machine over ``b`` from ``core``; update ``core`` in place; return the episodes.
 
@@ -425,7 +435,9 @@ def run_pass(
     open, first, even when ``b`` is empty), then every episode opened in the
     pass, in time order; each is closed (``closed_at_ms`` set) or, for the
     last one only, still open at the end. ``close_ms=None`` means never close
-    on CLEAR readings (only END readings and gaps close).
+    on CLEAR readings (only END readings and gaps close). ``want_path=False``
+    leaves ``path_m`` at 0 (positions are still tracked) for rules that do not
+    report the distance travelled.
     """
     n = len(b)
     was_open = core.phase in (ACTIVE, CLOSING)
@@ -440,6 +452,7 @@ def run_pass(
             gap_ms=gap_ms,
             want_value=want_value,
             want_pos=want_pos,
+            want_path=want_path,
         )
     ts = b.ts
     code = b.code
@@ -464,7 +477,7 @@ def run_pass(
     gap_ms_i = 0 if gap_ms is None else gap_ms
     if gap_ms is not None:
         gap = (ts - prev_ts) > gap_ms
-    sl = _Slice(core, b, met, want_value=want_value, want_pos=want_pos)
+    sl = _Slice(core, b, met, want_value=want_value, want_pos=want_pos, want_path=want_path)
 
     # MET runs and the reading where each reaches open_ms (continuing a candidate).
     m_starts, m_ends = _runs(met, gap)
@@ -649,6 +662,7 @@ def _scalar_pass(
     gap_ms: int | None,
     want_value: bool,
     want_pos: bool,
+    want_path: bool = True,
 ) -> list[Ep]:
     """:func:`run_pass` one reading at a time, for a few readings (same results)."""
     ts = b.ts.tolist()
@@ -687,7 +701,7 @@ def _scalar_pass(
         if want_pos:
             x, y = lon[i], lat[i]
             if not (math.isnan(x) or math.isnan(y)):
-                if not (math.isnan(plon) or math.isnan(plat)):
+                if want_path and not (math.isnan(plon) or math.isnan(plat)):
                     step = _haversine1(plon, plat, x, y)
                 plon, plat = x, y
         if cur is not None:

@@ -458,7 +458,8 @@ class EpisodeDetector:
     ``update`` whenever an active episode's latest meeting reading, end
     position or path moves on (rules whose details show duration or track);
     when ``False``, only when its start, ``late``, ``max_value``/``tag_at_max``
-    or, once closed, its end changes.
+    or, once closed, its end changes. ``track_path=False``: ``path_m`` stays
+    0 (for rules whose details do not show the distance travelled).
     """
 
     open_after_s: float
@@ -467,6 +468,7 @@ class EpisodeDetector:
     max_gap_s: float | None = None
     late_flush_after_s: float = 120.0
     report_progress: bool = True
+    track_path: bool = True
 
     def __post_init__(self) -> None:
         if not (self.open_after_s >= 0 and self.close_after_s >= 0 and self.lateness_s >= 0):
@@ -781,6 +783,7 @@ class EpisodeDetector:
             "gap_ms": self._gap_ms,
             "want_value": want_value,
             "want_pos": want_pos,
+            "want_path": self.track_path,
         }
         core = state.core
         instant_open = self._open_ms == 0

@@ -272,6 +272,8 @@ class _EpisodeRule:
     kind: ClassVar[str] = ""
     #: Whether details change with every reading (duration, track): see EpisodeDetector.
     progress: ClassVar[bool] = True
+    #: Whether details show the distance travelled (``Episode.path_m``).
+    path: ClassVar[bool] = False
 
     @functools.cached_property
     def detector(self) -> EpisodeDetector:
@@ -283,6 +285,7 @@ class _EpisodeRule:
             max_gap_s=self.max_gap_s,
             late_flush_after_s=self.late_flush_after_s,
             report_progress=self.progress,
+            track_path=self.path,
         )
 
     def new_state(self) -> EpisodeState:
@@ -575,6 +578,7 @@ class OutOfHours(_EpisodeRule):
     close_after_s: float = 120.0
     moving_kmh: float = 5.0
     kind: ClassVar[str] = "out_of_hours"
+    path: ClassVar[bool] = True
 
     def feed(
         self,

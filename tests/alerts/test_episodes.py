@@ -669,3 +669,38 @@ def test_advance_skipping_states_with_nothing_due_changes_nothing(
 
 def _rounded(ep: Episode) -> tuple[object, ...]:
     return tuple(round(v, 6) if isinstance(v, float) else v for v in ep._key())
+
+
+@PROP
+@given(data=st.data(), params=detectors)
+def test_without_path_tracking_only_the_path_differs(data: st.DataObject, params) -> None:
+    """``track_path=False`` gives the same events, with ``path_m`` left at 0."""
+    with pass_mode(data):
+        open_s, close_s, gap_s = params
+        readings = data.draw(streams(max_runs=10))
+        parts = split(data.draw, readings)
+        runs = []
+        for track in (True, False):
+            det = EpisodeDetector(
+                open_after_s=open_s,
+                close_after_s=close_s,
+                lateness_s=30,
+                max_gap_s=gap_s,
+                track_path=track,
+            )
+            state = det.new_state()
+            events = [e for part in parts for e in feed(det, state, part)]
+            events += det.advance(state, watermark_ms=T0 + 10**8)
+            runs.append(events)
+        tracked, untracked = runs
+        assert all(e.episode.path_m == 0.0 for e in untracked)
+
+        # An update that moved only the path is not made without it: compare the
+        # opens and closes, and each episode's last snapshot, without the path.
+        def seen(events: list[EpisodeEvent]) -> tuple[object, ...]:
+            return (
+                [(e.action, e.episode._key()[:-1]) for e in events if e.action != "update"],
+                {n: ep._key()[:-1] for n, ep in fold(events).items()},
+            )
+
+        assert seen(untracked) == seen(tracked)
