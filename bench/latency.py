@@ -101,6 +101,7 @@ from core.fleet import import_fleet  # noqa: E402
 from core.migrate import migrate  # noqa: E402
 from core.settings import MqttUrl, Settings  # noqa: E402
 from simulators.mqtt import MqttPublisher  # noqa: E402
+from simulators.serving import free_port, wait_ready  # noqa: E402
 
 INGEST_RESULT = ROOT / "bench" / "results" / "ingest.json"
 OUT = ROOT / "bench" / "results" / "latency.json"
@@ -189,13 +190,7 @@ def fleet_document(prefix: str, *, buses: int, buttons: int) -> dict[str, Any]:
 def load_main(args: argparse.Namespace) -> int:
     """The load process: one-fix GPS messages paced at ``--rate``; prints its counts as JSON."""
     url = MqttUrl(args.mqtt_url)
-    publisher = MqttPublisher(
-        host=url.host,
-        port=url.port,
-        username=url.username,
-        password=url.password,
-        client_id=f"{args.prefix}load",
-    )
+    publisher = MqttPublisher.for_url(url, client_id=f"{args.prefix}load")
     publisher.connect()
     topics = [f"anxiao/v1/dev/{args.prefix}GPS-{i}/gps" for i in range(args.buses)]
     last_ts_ms = [0] * args.buses
@@ -456,13 +451,6 @@ def ingest_times(database_url: str, devices: list[str]) -> dict[str, float]:
 # ----------------------------------------------------------------------------------- serve
 
 
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Broker:
     """The MQTT broker the run uses: its two accounts' URLs, and its process if private."""
@@ -561,22 +549,6 @@ def start_serve(
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-
-
-def wait_ready(http: httpx.Client, serve: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Until ``/readyz`` answers 200 (or serve dies, or 60 s pass)."""
-    deadline_s = time.monotonic() + 60
-    while True:  # readiness: ingest subscribed, registry loaded, rules rebuilt
-        if serve.poll() is not None:
-            raise RuntimeError(f"serve exited: {log_path.read_text()[-2000:]}")
-        try:
-            if http.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline_s:
-            raise RuntimeError("serve not ready within 60 s")
-        time.sleep(0.05)
 
 
 # ------------------------------------------------------------------------------------ main
@@ -780,18 +752,12 @@ def measure(
     serve = start_serve(database_url, broker.service_url, port, log_path, f"{prefix}ingest")
     base = f"http://127.0.0.1:{port}"
     watcher = StreamWatcher(base, token)
-    gateway = MqttUrl(broker.gateway_url)
-    presser = MqttPublisher(
-        host=gateway.host,
-        port=gateway.port,
-        username=gateway.username,
-        password=gateway.password,
-        client_id=f"{prefix}press",
-        window=100,
+    presser = MqttPublisher.for_url(
+        MqttUrl(broker.gateway_url), client_id=f"{prefix}press", window=100
     )
     try:
         with httpx.Client(base_url=base, timeout=10.0) as http:
-            wait_ready(http, serve, log_path)
+            wait_ready(http, serve, output=log_path.read_text)
             watcher.start()
             presser.connect()
             run = Run(args, prefix, buses, database_url, broker, http, watcher, presser, serve)

@@ -100,15 +100,7 @@ def _batches(fixes: list[tuple[str, bytes]], n: int, contract: bool) -> list[Mes
 
 
 def _ours(url: MqttUrl, messages: list[Message], fixes_per_message: int) -> dict[str, Any]:
-    client = MqttPublisher(
-        host=url.host,
-        port=url.port,
-        username=url.username,
-        password=url.password,
-        tls=url.tls,
-        client_id=f"bench-sim-{os.getpid()}",
-        window=20_000,
-    )
+    client = MqttPublisher.for_url(url, client_id=f"bench-sim-{os.getpid()}", window=20_000)
     client.connect()
     try:
         stats = publish_stream(messages, client, speed=None, progress=False)

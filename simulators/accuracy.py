@@ -16,7 +16,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import psycopg
 
 from core.fleet import import_fleet, load_document
 from simulators.score import score
+from simulators.serving import free_port, wait_ready
 
 __all__ = ["replay_and_score"]
 
@@ -43,12 +43,6 @@ def _metrics(http: httpx.Client) -> dict[str, float]:
     for name, value in _METRIC.findall(http.get("/metrics").text):
         out[name] = out.get(name, 0.0) + float(value)
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _insert_filings(database_url: str, path: Path) -> int:
@@ -100,7 +94,7 @@ def replay_and_score(
     import_fleet(load_document(files / "fleet.json"), database_url=database_url)
     n_filings = _insert_filings(database_url, files / "filings.json")
 
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "ANXIAO_DATABASE_URL": database_url,
@@ -119,18 +113,7 @@ def replay_and_score(
     try:
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=5.0) as http:
-            deadline = time.monotonic() + 60
-            while True:  # readiness: ingest subscribed and the rules rebuilt
-                if serve.poll() is not None:
-                    raise RuntimeError(f"serve exited: {log_path.read_text()[-2000:]}")
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("serve not ready within 60 s")
-                time.sleep(0.05)
+            wait_ready(http, serve, output=log_path.read_text)
             started = time.monotonic()
             subprocess.run(
                 [*anxiao, "simulate", *sim_args, "--fast", "--client-id", f"acc-pub-{port}"],

@@ -190,14 +190,8 @@ def _publish(sim: Simulation, args: argparse.Namespace, speed: float | None) -> 
     from simulators.publisher import publish_stream
 
     url = MqttUrl(args.mqtt_url) if args.mqtt_url else Settings().mqtt_gateway
-    client = MqttPublisher(
-        host=url.host,
-        port=url.port,
-        username=url.username,
-        password=url.password,
-        tls=url.tls,
-        client_id=args.client_id or f"anxiao-sim-{os.getpid()}",
-        window=args.window,
+    client = MqttPublisher.for_url(
+        url, client_id=args.client_id or f"anxiao-sim-{os.getpid()}", window=args.window
     )
     mode = "尽快 fast" if speed is None else f"实时 real time × {speed:g}"
     print(f"发布 publishing to {url.host}:{url.port} ({mode})", file=sys.stderr)

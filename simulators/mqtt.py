@@ -17,9 +17,10 @@ import select
 import socket
 import ssl
 import time
-from typing import Final
+from typing import Any, Final
 
 from core.errors import BrokerError
+from core.settings import MqttUrl
 
 __all__ = ["MqttPublisher"]
 
@@ -95,6 +96,19 @@ class MqttPublisher:
         self._unacked: collections.deque[tuple[int, bytes]] = collections.deque()
         self._topics: dict[str, bytes] = {}
         self._last_send = time.monotonic()
+
+    @classmethod
+    def for_url(cls, url: MqttUrl, *, client_id: str, **options: Any) -> MqttPublisher:
+        """A publisher to the broker and account of ``url`` (other options as for ``__init__``)."""
+        options.setdefault("password", url.password)
+        return cls(
+            host=url.host,
+            port=url.port,
+            username=url.username,
+            tls=url.tls,
+            client_id=client_id,
+            **options,
+        )
 
     # ---------------------------------------------------------------- connection
     def connect(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from core.settings import MqttUrl
+from simulators.serving import free_port, wait_ready
 
 __all__ = ["connect_mqtt", "running_serve", "wait_for_broker", "wait_for_database"]
 
@@ -95,9 +95,7 @@ def running_serve(
     process. On exit it stops the service with SIGTERM and prints its output,
     which pytest shows when the test failed.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     env = {
         **os.environ,
         "ANXIAO_DATABASE_URL": database_url,
@@ -116,19 +114,8 @@ def running_serve(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
         with httpx.Client(base_url=base, timeout=2.0) as http:
-            while True:  # readiness: /readyz turns 200 once ingest has subscribed
-                if process.poll() is not None:
-                    raise RuntimeError("serve exited before it was ready")
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("serve did not become ready within 30 s")
-                time.sleep(0.05)
+            wait_ready(http, process, timeout_s=30)
         yield base, process
     finally:
         if process.poll() is None:

@@ -13,7 +13,6 @@ import email.policy
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from alerts.closing import ClosingLoop
 from alerts.outbox import DeliveryPolicy, verify
 from api import create_app
 from core.credentials import create_token
+from simulators.serving import free_port
 from tests.closing.support import (
     Receiver,
     closing_settings,
@@ -179,15 +179,9 @@ class _Sink:
         return "250 OK"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_notice_and_digest_mail_reach_an_smtp_sink(fresh_database_url) -> None:
     sink = _Sink()
-    controller = Controller(sink, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
     controller.start()  # returns once the server answers
     try:
         tag = fleet_with_contacts(fresh_database_url, webhook=None, mail="ops@example.cn")

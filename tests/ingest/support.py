@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from paho.mqtt.properties import Properties
 
 from core.settings import MqttUrl
 from ingest import IngestBatch, IngestConfig, Ingestor
+from simulators.serving import free_port
 from tests.support import wait_for_broker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -396,12 +396,6 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 # ------------------------------------------------------------ private broker
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrivateBroker:

@@ -71,13 +71,7 @@ def run(broker: Settings) -> tuple[Simulation, list[tuple[str, bytes]]]:
     capture = Capture(broker, prefix)
     try:
         url = broker.mqtt_gateway
-        client = MqttPublisher(
-            host=url.host,
-            port=url.port,
-            username=url.username,
-            password=url.password,
-            client_id=f"test-sim-pub-{prefix}",
-        )
+        client = MqttPublisher.for_url(url, client_id=f"test-sim-pub-{prefix}")
         client.connect()
         try:
             stats = publish_stream(sim.messages, client, speed=None, progress=False)

@@ -19,14 +19,8 @@ from tests.support import connect_mqtt
 
 
 def _publisher(settings: Settings, **kw) -> MqttPublisher:
-    url = settings.mqtt_gateway
-    return MqttPublisher(
-        host=url.host,
-        port=url.port,
-        username=url.username,
-        password=kw.pop("password", url.password),
-        client_id=f"test-sim-{os.getpid()}-{secrets.token_hex(3)}",
-        **kw,
+    return MqttPublisher.for_url(
+        settings.mqtt_gateway, client_id=f"test-sim-{os.getpid()}-{secrets.token_hex(3)}", **kw
     )
 
 
