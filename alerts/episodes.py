@@ -1011,11 +1011,6 @@ class Parking:
         """Whether device ``d``'s state is parked (so quiet)."""
         return d < self.parked.shape[0] and bool(self.parked[d])
 
-    @property
-    def parked_count(self) -> int:
-        """Devices parked now."""
-        return int(self.parked.sum())
-
     def park(self, d: int, st: EpisodeState) -> None:
         """Take over a quiet state's bookkeeping."""
         self.parked[d] = True
