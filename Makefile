@@ -49,6 +49,8 @@ run: migrate web
 	@bash scripts/run.sh
 
 test: venv stack-up web
+	@# Compile the Numba kernels into their cache once, not in every test's first call.
+	$(BIN)/python -c 'from alerts.fleet import warm_up; warm_up()'
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 check: venv

@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alerts.episodes import EpisodeState, Parking
+from alerts.fleet import NO_TS, FleetEpisodes, warm_up
 from alerts.geometry import Filing, FilingIndex, FleetGeometry, next_window_start, window_end
 from alerts.rules import (
     AlertEvent,
@@ -125,7 +126,7 @@ class RuleSet:
 class _States:
     """Per-rule state lists indexed by device key (grown as devices are registered)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rules: RuleSet) -> None:
         self.speeding: list[EpisodeState] = []
         self.deviation: list[EpisodeState] = []
         self.out_of_hours: list[EpisodeState] = []
@@ -136,11 +137,15 @@ class _States:
         self.offline: list[OfflineState | None] = []
         #: The offline states' times in fleet-wide arrays (DeviceOffline fast paths).
         self.offline_book = OfflineBook()
+        #: The GPS episode rules' states in fleet-wide arrays, run by compiled kernels;
+        #: the lists above hold only the devices handed to Python (see alerts.fleet).
+        self.fleet = {
+            "speeding": FleetEpisodes(rules.speeding.detector),
+            "deviation": FleetEpisodes(rules.deviation.detector),
+            "out_of_hours": FleetEpisodes(rules.out_of_hours.detector),
+        }
         #: Quiet states parked in fleet-wide arrays (EpisodeDetector.feed_many).
         self.parking = {
-            "speeding": Parking(),
-            "deviation": Parking(),
-            "out_of_hours": Parking(),
             "skew": Parking(positions=False),
             "panic": Parking(positions=False),
         }
@@ -174,11 +179,12 @@ class AlertEngine:
         filings: Iterable[Filing] = (),
         now_ms: Callable[[], int] | None = None,
     ) -> None:
+        warm_up()  # compile the kernels now, not on the first batch
         self.rules = rules
         self.clock: Clock = clock
         self._wall_ms = now_ms or (lambda: int(dt.datetime.now(dt.UTC).timestamp() * 1000))
         self._lateness_ms = round(rules.lateness_s * 1000)
-        self.states = _States()
+        self.states = _States(rules)
         self._offset_ms: _I64 = np.zeros(0, dtype=np.int64)
         self._last_ts: _I64 = np.zeros(0, dtype=np.int64)
         self._last_x: _F64 = np.zeros(0)
@@ -345,7 +351,7 @@ class AlertEngine:
                 lon_deg=lon,
                 lat_deg=lat,
                 backfill=bf,
-                parking=st.parking["speeding"],
+                fleet=st.fleet["speeding"],
             ),
         )
 
@@ -375,7 +381,7 @@ class AlertEngine:
                     lon_deg=lon,
                     lat_deg=lat,
                     backfill=bf,
-                    parking=st.parking["deviation"],
+                    fleet=st.fleet["deviation"],
                 ),
             )
 
@@ -394,7 +400,7 @@ class AlertEngine:
                     lon_deg=lon,
                     lat_deg=lat,
                     backfill=bf,
-                    parking=st.parking["out_of_hours"],
+                    fleet=st.fleet["out_of_hours"],
                 ),
             )
 
@@ -530,56 +536,76 @@ class AlertEngine:
 
     def _advance_episode_rules(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
         """Advance the devices that may have something under way (:attr:`_busy`)."""
+        if not self._busy:
+            return
         r, st = self.rules, self.states
-        offset = self._offset_ms
+        keys = np.fromiter(sorted(self._busy), np.int64, len(self._busy))
+        kw = wm + self._offset_ms[keys]
+        buses = self.geometry.bus_of(keys)
+        fleet = st.fleet
+        self._collect(events, r.speeding.advance_fleet(fleet["speeding"], st.speeding, keys, kw))
+        # An open deviation closes at its service window's end, an out-of-hours
+        # episode when the next window starts, even if the bus falls silent.
+        last = fleet["deviation"].open_last_met(keys, st.deviation)
+        self._collect(
+            events,
+            r.deviation.advance_route_fleet(
+                fleet["deviation"],
+                st.deviation,
+                keys,
+                kw,
+                self._cuts(False, last, buses, kw),
+                route_ids=self._route_ids,
+            ),
+        )
+        last = fleet["out_of_hours"].open_last_met(keys, st.out_of_hours)
+        self._collect(
+            events,
+            r.out_of_hours.advance_fleet(
+                fleet["out_of_hours"], st.out_of_hours, keys, kw, self._cuts(True, last, buses, kw)
+            ),
+        )
+        under_way = ~(
+            fleet["speeding"].quiet(keys, st.speeding)
+            & fleet["deviation"].quiet(keys, st.deviation)
+            & fleet["out_of_hours"].quiet(keys, st.out_of_hours)
+        )
         wall = self._wall_ms()
-        keys = sorted(self._busy)
-        buses = self.geometry.bus_of(np.asarray(keys, dtype=np.int64)).tolist()
         lots = st.parking
-        for k, bus in zip(keys, buses, strict=True):
-            kw = wm + int(offset[k])
-            under_way = False  # whether anything is left under way after this tick
+        for k, at, busy in zip(keys.tolist(), kw.tolist(), under_way.tolist(), strict=True):
             simple: list[tuple[Any, EpisodeState, int, Parking | None]] = [
-                (r.speeding, st.speeding[k], kw, lots["speeding"]),
-                (r.smoke, st.smoke[k], kw, None),
+                (r.smoke, st.smoke[k], at, None),
                 (r.skew, st.skew[k], wall, lots["skew"]),
             ]
-            for rule, s, at, lot in simple:
+            for rule, s, when, lot in simple:
                 if _idle(s, lot, k):
                     continue
-                events[k] += rule.advance(s, watermark_ms=at)
-                under_way = under_way or not s.quiet
-            s = st.deviation[k]
-            if not _idle(s, lots["deviation"], k):
-                ep = s.open_episode
-                end = self._window_edge(False, bus, ep.last_met_ms) if ep and bus >= 0 else None
-                events[k] += r.deviation.advance(
-                    s,
-                    watermark_ms=kw,
-                    window_end_ms=end if end is not None and end <= kw else None,
-                    route_ids=self._route_ids,
-                )
-                under_way = under_way or not s.quiet
-            s = st.out_of_hours[k]
-            if not _idle(s, lots["out_of_hours"], k):
-                ep = s.open_episode
-                begin = self._window_edge(True, bus, ep.last_met_ms) if ep and bus >= 0 else None
-                events[k] += r.out_of_hours.advance(
-                    s,
-                    watermark_ms=kw,
-                    window_start_ms=begin if begin is not None and begin <= kw else None,
-                )
-                under_way = under_way or not s.quiet
+                events[k] += rule.advance(s, watermark_ms=when)
+                busy = busy or not s.quiet
             p = st.panic[k]
             if not _idle(p.bit, lots["panic"], k):
-                events[k] += r.panic.advance(p, watermark_ms=kw)
-                under_way = under_way or not p.bit.quiet
+                events[k] += r.panic.advance(p, watermark_ms=at)
+                busy = busy or not p.bit.quiet
             f = st.fault[k]
             if f.sources and not all(x.quiet for x in f.sources.values()):
-                events[k] += r.fault.advance(f, watermark_ms=kw)
-                under_way = under_way or not all(x.quiet for x in f.sources.values())
-            if not under_way:
+                events[k] += r.fault.advance(f, watermark_ms=at)
+                busy = busy or not all(x.quiet for x in f.sources.values())
+            if not busy:
                 self._busy.discard(k)
+
+    def _cuts(self, start: bool, last_met: _I64, buses: _I64, wm: _I64) -> _I64:
+        """Per device, the window edge after its open episode's last meeting reading.
+
+        ``start``: the next window's start (out of hours), else the end of the
+        window it is in (deviation); :data:`NO_TS` when there is no open
+        episode, no bus, no such edge or the watermark has not passed it yet.
+        """
+        cuts = np.full(last_met.shape[0], NO_TS, np.int64)
+        for g in np.flatnonzero((last_met != NO_TS) & (buses >= 0)).tolist():
+            edge = self._window_edge(start, int(buses[g]), int(last_met[g]))
+            if edge is not None and edge <= wm[g]:
+                cuts[g] = edge
+        return cuts
 
     def _window_edge(self, start: bool, bus: int, ts_ms: int) -> int | None:
         """End of the bus's window containing ``ts_ms``, or (``start``) the next window's start.

@@ -83,6 +83,7 @@ from alerts.episodes import (
     Parking,
     grow_rows,
 )
+from alerts.fleet import FleetEpisodes
 
 __all__ = [
     "GPS_FAULT_BITS",
@@ -308,6 +309,24 @@ class _EpisodeRule:
         per = self.detector.advance_many(states, watermark_ms=watermark_ms)
         return {d: _alerts(self.kind, evs, self._details) for d, evs in per.items()}
 
+    def advance_fleet(
+        self,
+        fleet: FleetEpisodes,
+        states: Sequence[EpisodeState],
+        keys: _I64,
+        watermark_ms: _I64,
+        cut_ms: _I64 | None = None,
+        details: Callable[[Episode], dict[str, Any]] | None = None,
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`advance` of the devices ``keys`` held by ``fleet`` (quiet ones skipped).
+
+        ``watermark_ms`` and ``cut_ms`` per key (``cut_ms``: the rule's cut, e.g.
+        a service window's end; :data:`alerts.fleet.NO_TS` for none).
+        """
+        per = fleet.advance_many(states, keys, watermark_ms, cut_ms)
+        fn = self._details if details is None else details
+        return {d: _alerts(self.kind, evs, fn) for d, evs in per.items()}
+
     def _many(
         self,
         states: Sequence[EpisodeState],
@@ -316,8 +335,12 @@ class _EpisodeRule:
         cond: dict[str, Any],
         details: Callable[[Episode], dict[str, Any]] | None = None,
         parking: Parking | None = None,
+        fleet: FleetEpisodes | None = None,
     ) -> dict[int, list[AlertEvent]]:
-        per = self.detector.feed_many(states, device, ts, **cond, parking=parking)
+        if fleet is not None:
+            per = fleet.feed_many(states, device, ts, **cond)
+        else:
+            per = self.detector.feed_many(states, device, ts, **cond, parking=parking)
         fn = self._details if details is None else details
         return {d: _alerts(self.kind, evs, fn) for d, evs in per.items()}
 
@@ -368,11 +391,15 @@ class Speeding(_EpisodeRule):
         lat_deg: npt.ArrayLike | None = None,
         backfill: npt.ArrayLike | None = None,
         parking: Parking | None = None,
+        fleet: FleetEpisodes | None = None,
     ) -> dict[int, list[AlertEvent]]:
-        """:meth:`feed` for a batch of many buses (``device`` indexes ``states``)."""
+        """:meth:`feed` for a batch of many buses (``device`` indexes ``states``).
+
+        ``fleet`` holds the states instead (:class:`alerts.fleet.FleetEpisodes`).
+        """
         ts = _ts(ts_ms)
         cond = self._cond(ts.shape[0], speed_kmh, limit_kmh, lon_deg, lat_deg, backfill)
-        return self._many(states, device, ts, cond, parking=parking)
+        return self._many(states, device, ts, cond, parking=parking, fleet=fleet)
 
     def _cond(
         self,
@@ -477,6 +504,7 @@ class RouteDeviation(_EpisodeRule):
         lat_deg: npt.ArrayLike | None = None,
         backfill: npt.ArrayLike | None = None,
         parking: Parking | None = None,
+        fleet: FleetEpisodes | None = None,
     ) -> dict[int, list[AlertEvent]]:
         """:meth:`feed` for many buses; ``route_index`` then indexes one shared ``route_ids``."""
         ts = _ts(ts_ms)
@@ -492,7 +520,13 @@ class RouteDeviation(_EpisodeRule):
         cond.update(lon_deg=lon_deg, lat_deg=lat_deg, backfill=backfill)
         ids = route_ids
         return self._many(
-            states, device, ts, cond, lambda ep: self._route_details(ep, ids), parking=parking
+            states,
+            device,
+            ts,
+            cond,
+            lambda ep: self._route_details(ep, ids),
+            parking=parking,
+            fleet=fleet,
         )
 
     def _cond(
@@ -542,6 +576,26 @@ class RouteDeviation(_EpisodeRule):
         events = self.detector.advance(state, watermark_ms=watermark_ms, cut_ms=window_end_ms)
         ids = route_ids
         return _alerts(self.kind, events, lambda ep: self._route_details(ep, ids))
+
+    def advance_route_fleet(
+        self,
+        fleet: FleetEpisodes,
+        states: Sequence[EpisodeState],
+        keys: _I64,
+        watermark_ms: _I64,
+        window_end_ms: _I64,
+        route_ids: Sequence[str] | None = None,
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`advance` for the devices ``keys`` held by ``fleet`` (per-key arrays)."""
+        ids = route_ids
+        return self.advance_fleet(
+            fleet,
+            states,
+            keys,
+            watermark_ms,
+            window_end_ms,
+            lambda ep: self._route_details(ep, ids),
+        )
 
     def _route_details(self, ep: Episode, ids: Sequence[str] | None) -> dict[str, Any]:
         d = self._details(ep)
@@ -615,12 +669,13 @@ class OutOfHours(_EpisodeRule):
         lat_deg: npt.ArrayLike | None = None,
         backfill: npt.ArrayLike | None = None,
         parking: Parking | None = None,
+        fleet: FleetEpisodes | None = None,
     ) -> dict[int, list[AlertEvent]]:
         """:meth:`feed` for a batch of many buses (``device`` indexes ``states``)."""
         ts = _ts(ts_ms)
         cond = self._cond(ts.shape[0], speed_kmh, in_service_window, school_day, filing_covers)
         cond.update(lon_deg=lon_deg, lat_deg=lat_deg, backfill=backfill)
-        return self._many(states, device, ts, cond, parking=parking)
+        return self._many(states, device, ts, cond, parking=parking, fleet=fleet)
 
     def _cond(
         self,

@@ -115,7 +115,7 @@ def running_serve(
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=2.0) as http:
-            wait_ready(http, process, timeout_s=30)
+            wait_ready(http, process, timeout_s=60)
         yield base, process
     finally:
         if process.poll() is None:

@@ -1,0 +1,229 @@
+"""FleetEpisodes (compiled, fleet-wide arrays) against the Python detector, event by event."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from alerts import _core
+from alerts.episodes import EpisodeDetector, EpisodeEvent, EpisodeState
+from alerts.fleet import NO_TS, FleetEpisodes
+from tests.alerts.reference import CLEAR, END, MET, NEUTRAL, Reading
+from tests.alerts.test_episodes import T0, detectors, feed, fold, streams
+
+PROP = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(autouse=True)
+def _scalar_reference() -> Iterator[None]:
+    """The reference runs its reading-by-reading pass, as the kernel does (same sums)."""
+    saved = _core.SCALAR_MAX
+    _core.SCALAR_MAX = 10**9
+    try:
+        yield
+    finally:
+        _core.SCALAR_MAX = saved
+
+
+def fleet_feed(
+    fleet: FleetEpisodes, states: list[EpisodeState], part: list[tuple[int, int, Reading]]
+) -> dict[int, list[EpisodeEvent]]:
+    rs = [r for _, _, r in part]
+    return fleet.feed_many(
+        states,
+        np.array([d for _, d, _ in part]),
+        np.array([r.ts for r in rs], np.int64),
+        np.array([r.code == MET for r in rs]),
+        clears=np.array([r.code == CLEAR for r in rs]),
+        ends=np.array([r.code == END for r in rs]),
+        value=np.array([r.value for r in rs]),
+        tag=np.array([r.tag for r in rs]),
+        lon_deg=np.array([r.lon for r in rs]),
+        lat_deg=np.array([r.lat for r in rs]),
+        backfill=np.array([r.backfill for r in rs]),
+    )
+
+
+def keyed(events: list[EpisodeEvent]) -> list[tuple[object, ...]]:
+    return [(e.action, e.episode.number, e.episode._key()) for e in events]
+
+
+def run_both(
+    det: EpisodeDetector,
+    n_dev: int,
+    batches: list[list[tuple[int, int, Reading]]],
+    ticks: list[tuple[int, int | None] | None],
+    capacity: int,
+) -> tuple[FleetEpisodes, list[EpisodeState], list[EpisodeState]]:
+    """Feed the batches (a tick after some) to the fleet and to one Python state per device.
+
+    Ticks follow the engine: every device that is not quiet advances to its
+    newest reading minus ``behind`` ms, with an optional cut that far past
+    the watermark. Asserts the same events per device throughout.
+    """
+    fleet = FleetEpisodes(det, capacity=capacity)
+    fleet.ensure(n_dev)
+    ref = [det.new_state() for _ in range(n_dev)]
+    rows = [det.new_state() for _ in range(n_dev)]
+    newest = [T0] * n_dev
+    for part, tick in zip(batches, ticks, strict=True):
+        want: dict[int, list[EpisodeEvent]] = {}
+        for d in range(n_dev):
+            mine = [r for _, dd, r in part if dd == d]
+            if mine:
+                want[d] = feed(det, ref[d], mine)
+                newest[d] = max(newest[d], *(r.ts for r in mine))
+        got = fleet_feed(fleet, rows, part)
+        for d in range(n_dev):
+            assert keyed(got.get(d, [])) == keyed(want.get(d, [])), f"device {d} after a batch"
+        if tick is None:
+            continue
+        behind, cut = tick
+        keys = np.arange(n_dev)
+        wms = np.array([t - behind for t in newest], np.int64)
+        cuts = np.array([NO_TS if cut is None else w + cut for w in wms.tolist()], np.int64)
+        want = {}
+        for d in range(n_dev):
+            if not ref[d].quiet:
+                want[d] = det.advance(
+                    ref[d], watermark_ms=int(wms[d]), cut_ms=None if cut is None else int(cuts[d])
+                )
+        got = fleet.advance_many(rows, keys, wms, cuts)
+        for d in range(n_dev):
+            assert keyed(got.get(d, [])) == keyed(want.get(d, [])), f"device {d} after a tick"
+        assert fleet.quiet(keys, rows).tolist() == [s.quiet for s in ref]
+    return fleet, ref, rows
+
+
+@PROP
+@given(data=st.data(), params=detectors)
+def test_fleet_equals_the_python_detector(data: st.DataObject, params) -> None:
+    """Interleaved devices, readings up to 90 s out of order (late lanes), ticks with cuts."""
+    open_s, close_s, gap_s = params
+    det = EpisodeDetector(
+        open_after_s=open_s,
+        close_after_s=close_s,
+        lateness_s=30,
+        max_gap_s=gap_s,
+        report_progress=data.draw(st.booleans()),
+        track_path=data.draw(st.booleans()),
+    )
+    n_dev = data.draw(st.integers(1, 4))
+    streams_ = [data.draw(streams(max_runs=8)) for _ in range(n_dev)]
+    tagged = [
+        (r.ts + data.draw(st.sampled_from([0, 0, 0, 2_000, 20_000, 90_000])), d, r)
+        for d, rs in enumerate(streams_)
+        for r in rs
+    ]
+    tagged.sort(key=lambda t: t[0])
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(tagged)), max_size=10))))
+    batches = [tagged[lo:hi] for lo, hi in itertools.pairwise([0, *cuts, len(tagged)])]
+    batches = [b for b in batches if b]
+    ticks = [
+        data.draw(
+            st.one_of(
+                st.none(),
+                st.tuples(st.sampled_from([0, 10_000, 30_000]), st.sampled_from([None, 4_000])),
+            )
+        )
+        for _ in batches
+    ]
+    capacity = data.draw(st.sampled_from([2, 3, 5, 24]))
+    fleet, ref, rows = run_both(det, n_dev, batches, ticks, capacity)
+    # The states agree after the run, too, read through the fleet or handed back.
+    end = max((r.ts for rs in streams_ for r in rs), default=T0) + 10**8
+    # (A copy while the row is hot; the state itself otherwise.)
+    copies = [fleet.state(d, rows) if fleet.hot[d] else None for d in range(n_dev)]
+    fleet.release(rows)
+    assert not fleet.hot[:n_dev].any()
+    for d in range(n_dev):
+        want = det.advance(ref[d], watermark_ms=end)
+        copy = copies[d]
+        if copy is not None:
+            assert keyed(det.advance(copy, watermark_ms=end)) == keyed(want)
+        assert keyed(det.advance(rows[d], watermark_ms=end)) == keyed(want)
+        assert (rows[d].phase, rows[d].watermark_ms) == (ref[d].phase, ref[d].watermark_ms)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), params=detectors)
+def test_live_like_traffic_with_ticks(data: st.DataObject, params) -> None:
+    """A reading or two per device per batch and a tick after each, like serve under load."""
+    open_s, close_s, gap_s = params
+    det = EpisodeDetector(
+        open_after_s=open_s, close_after_s=close_s, lateness_s=30, max_gap_s=gap_s
+    )
+    n_dev = data.draw(st.integers(1, 3))
+    tagged: list[tuple[int, int, Reading]] = []
+    for d in range(n_dev):
+        ts = T0
+        for _ in range(data.draw(st.integers(1, 60))):
+            ts += data.draw(st.sampled_from([1_000, 5_000, 10_000, 20_000]))
+            code = data.draw(st.sampled_from([CLEAR] * 6 + [MET] * 4 + [NEUTRAL, END]))
+            reading = Reading(
+                ts=ts,
+                code=code,
+                value=80.0 + (ts % 7) if code == MET else 40.0,
+                tag=float(ts),
+                lon=120.7 + (ts % 997) * 1e-5,
+                lat=31.3,
+                backfill=False,
+            )
+            delay = data.draw(st.sampled_from([0, 0, 0, 0, 3_000, 15_000, 40_000]))
+            tagged.append((ts + delay, d, reading))
+    tagged.sort(key=lambda t: t[0])
+    batches: list[list[tuple[int, int, Reading]]] = []
+    i = 0
+    while i < len(tagged):
+        batches.append(tagged[i : i + data.draw(st.integers(1, 4))])
+        i += len(batches[-1])
+    ticks: list[tuple[int, int | None] | None] = [(30_000, None)] * len(batches)
+    run_both(det, n_dev, batches, ticks, data.draw(st.sampled_from([3, 24])))
+
+
+def test_a_device_too_busy_for_its_row_is_run_in_python_and_taken_back() -> None:
+    det = EpisodeDetector(open_after_s=10, close_after_s=10, lateness_s=30)
+    fleet = FleetEpisodes(det, capacity=4)
+    rows = [det.new_state()]
+    # Ten readings a second for 12 s: more than four wait for the watermark, so the row
+    # is handed to the Python detector.
+    burst = [(0, 0, Reading(ts=T0 + i * 100, code=MET, value=80.0 + i)) for i in range(120)]
+    assert fleet_feed(fleet, rows, burst) == {}
+    assert not fleet.hot[0]
+    # Once the readings are final the state fits a row again: the open comes from there.
+    events = fleet.advance_many(rows, np.array([0]), np.array([T0 + 60_000]))
+    assert fleet.hot[0]
+    (ev,) = events[0]
+    assert ev.action == "open"
+    assert (ev.episode.started_at_ms, ev.episode.opened_at_ms) == (T0, T0 + 10_000)
+    assert (ev.episode.last_met_ms, ev.episode.max_value) == (T0 + 11_900, 199.0)
+    ep = fleet.state(0, rows).open_episode
+    assert ep is not None and ep._key() == ev.episode._key()
+
+
+def test_rejects_bad_shapes_and_capacity() -> None:
+    det = EpisodeDetector(open_after_s=10, close_after_s=10)
+    with pytest.raises(ValueError, match="capacity"):
+        FleetEpisodes(det, capacity=1)
+    fleet = FleetEpisodes(det)
+    with pytest.raises(ValueError, match="device"):
+        fleet.feed_many([det.new_state()], np.array([0, 0]), np.array([T0], np.int64), [True])
+
+
+def test_fold_sees_each_episode_opened_once() -> None:
+    """A smoke run through the fleet alone: open, updates, close, numbered from 1."""
+    det = EpisodeDetector(open_after_s=10, close_after_s=10, lateness_s=0)
+    fleet = FleetEpisodes(det)
+    rows = [det.new_state()]
+    events: list[EpisodeEvent] = []
+    for i, code in enumerate([MET] * 5 + [CLEAR] * 5):
+        part = [(0, 0, Reading(ts=T0 + i * 5_000, code=code, value=70.0 + i))]
+        events += fleet_feed(fleet, rows, part).get(0, [])
+    (ep,) = fold(events).values()
+    assert (ep.number, ep.started_at_ms, ep.last_met_ms) == (1, T0, T0 + 20_000)
+    assert ep.closed_at_ms == T0 + 35_000 and ep.max_value == 74.0
