@@ -89,6 +89,11 @@ class FleetGeometry:
             [[position[r] for r in bus.route_ids if r in position] for bus in buses]
         )
         self.bus_has_routes: _BOOL = np.diff(self.sets.offsets) > 0
+        # The same sets and one more, empty, for fixes without a bus: inf, -1, outside.
+        self._sets_and_none = RouteSets(
+            offsets=np.append(self.sets.offsets, self.sets.offsets[-1]),
+            route_index=self.sets.route_index,
+        )
         self.windows_doc: list[list[dict[str, Any]]] = [
             [dict(w) for w in bus.service_windows] for bus in buses
         ]
@@ -144,17 +149,13 @@ class FleetGeometry:
 
     def distances(self, x_m: _F64, y_m: _F64, bus: _I64) -> RouteDistances:
         """Distance to the nearest assigned route (``inf``/``-1`` for buses without one)."""
-        n = x_m.shape[0]
-        dist = np.full(n, np.inf)
-        index = np.full(n, -1, dtype=np.int64)
-        within = np.zeros(n, dtype=bool)
-        routed = self.routed(bus)
-        if routed.any():
-            rd = distance_to_routes(
-                x_m[routed], y_m[routed], set_index=bus[routed], routes=self.routes, sets=self.sets
-            )
-            dist[routed], index[routed], within[routed] = rd
-        return RouteDistances(dist, index, within)
+        return distance_to_routes(
+            x_m,
+            y_m,
+            set_index=np.where(bus >= 0, bus, self.sets.n_sets),
+            routes=self.routes,
+            sets=self._sets_and_none,
+        )
 
     def routed(self, bus: _I64) -> _BOOL:
         """The fix's bus has at least one route."""

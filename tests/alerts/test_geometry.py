@@ -1,0 +1,102 @@
+"""FleetGeometry's per-batch queries against the geofence kernels they wrap."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+
+from alerts.geometry import FleetGeometry
+from core.registry import Bus, Device, Registry, Route
+from geofence import distance_to_routes
+
+ORIGIN = (120.7, 31.3)
+REGISTERED = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def registry() -> Registry:
+    def route(rid: str, corridor_m: float, *points: tuple[float, float]) -> Route:
+        return Route(id=rid, school_id=None, corridor_m=corridor_m, coordinates=points)
+
+    routes = {
+        "R1": route("R1", 100.0, (120.70, 31.30), (120.71, 31.30), (120.71, 31.31)),
+        "R2": route("R2", 50.0, (120.70, 31.30), (120.71, 31.30), (120.72, 31.29)),
+        "R3": route("R3", 80.0, (120.68, 31.32), (120.69, 31.33)),
+        "R4": route("R4", 80.0, (120.68, 31.32)),  # one point: no segment
+    }
+
+    def bus(bid: str, *route_ids: str) -> Bus:
+        return Bus(
+            id=bid,
+            plate=bid,
+            operator_id=None,
+            school_id=None,
+            route_ids=route_ids,
+            service_windows=(),
+        )
+
+    buses = {
+        "B1": bus("B1", "R1", "R2"),  # a main route and a variant sharing a stretch
+        "B2": bus("B2", "R3"),
+        "B3": bus("B3"),  # no route
+        "B4": bus("B4", "R4", "R9"),  # a degenerate route and an unknown one
+    }
+
+    def device(key: int, bus_id: str | None) -> Device:
+        return Device(
+            key=key,
+            id=f"D{key}",
+            kind="gps",
+            bus_id=bus_id,
+            school_id=None,
+            operator_id=None,
+            district_id=None,
+            offline_after_s=300,
+            registered_at=REGISTERED,
+            retired=False,
+        )
+
+    devices = {k: device(k, b) for k, b in [(0, "B1"), (1, "B2"), (2, "B3"), (3, "B4"), (5, None)]}
+    return Registry(timezone="Asia/Shanghai", devices=devices, buses=buses, routes=routes)
+
+
+def test_distances_match_the_kernel_and_fixes_without_a_route_are_far() -> None:
+    geometry = FleetGeometry(registry())
+    rng = np.random.default_rng(5)
+    n = 600
+    keys = rng.choice(np.array([0, 1, 2, 3, 5, 9]), n)  # 9: unknown device
+    lon = rng.uniform(120.675, 120.725, n)
+    lat = rng.uniform(31.285, 31.335, n)
+    lon[:3], lat[:3] = 120.705, 31.30  # on the stretch both of B1's routes share
+    keys[:3] = 0
+    x, y = geometry.project(lon, lat)
+    bus = geometry.bus_of(keys)
+    got = geometry.distances(x, y, bus)
+    assert got.distance_m.shape == got.route_index.shape == got.within_corridor.shape == (n,)
+
+    routed = geometry.routed(bus)
+    assert routed.any() and (~routed).any()
+    want = distance_to_routes(
+        x[routed], y[routed], set_index=bus[routed], routes=geometry.routes, sets=geometry.sets
+    )
+    np.testing.assert_array_equal(got.distance_m[routed], want.distance_m)
+    np.testing.assert_array_equal(got.route_index[routed], want.route_index)
+    np.testing.assert_array_equal(got.within_corridor[routed], want.within_corridor)
+    assert np.all(np.isinf(got.distance_m[~routed]))
+    assert np.all(got.route_index[~routed] == -1)
+    assert not got.within_corridor[~routed].any()
+    # A tie between B1's routes goes to the first one it lists.
+    assert list(got.route_index[:3]) == [geometry.route_ids.index("R1")] * 3
+    # B4's only known route has no segment: its fixes are far from everything.
+    b4 = bus == geometry.bus_index["B4"]
+    assert b4.any() and np.all(np.isinf(got.distance_m[b4]))
+
+
+def test_empty_batch_and_a_fleet_without_routes() -> None:
+    geometry = FleetGeometry(registry())
+    empty = geometry.distances(np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64))
+    assert empty.distance_m.shape == (0,)
+    bare = FleetGeometry(Registry(timezone="Asia/Shanghai"))
+    assert bare.sets.n_sets == 0
+    got = bare.distances(np.array([1.0]), np.array([2.0]), np.array([-1]))
+    assert np.isinf(got.distance_m[0]) and got.route_index[0] == -1
