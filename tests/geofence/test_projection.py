@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geofence import project, project_geometry
+from tests.geofence.numpy_projection import project_numpy
 
 ORIGIN = (120.7, 31.3)
 
@@ -160,3 +161,44 @@ def test_project_geometry_matches_project() -> None:
     many = project_geometry(np.array([line, shapely.Point(120.7, 31.3)]), origin=ORIGIN)
     assert many.shape == (2,)
     assert shapely.equals(many[1], shapely.Point(0, 0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lon0=st.floats(-180.0, 180.0),
+    lat0=st.floats(-85.0, 85.0),
+    spread_deg=st.sampled_from([1e-6, 0.01, 0.5, 2.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_matches_the_numpy_series(lon0: float, lat0: float, spread_deg: float, seed: int) -> None:
+    # The compiled series (multiple-angle recurrence) against the term-by-term one.
+    rng = np.random.default_rng(seed)
+    lon = lon0 + rng.uniform(-spread_deg, spread_deg, 200)
+    lat = np.clip(lat0 + rng.uniform(-spread_deg, spread_deg, 200), -89.0, 89.0)
+    lon[:2] = [lon0, lon0 + 360.0]  # the origin's meridian, also folded
+    lat[:2] = lat0
+    x, y = project(lon, lat, origin=(lon0, lat0))
+    want_x, want_y = project_numpy(lon, lat, origin=(lon0, lat0))
+    # An ulp of a northing (up to 1e7 m from the equator) is 1.9e-9 m.
+    np.testing.assert_allclose(x, want_x, rtol=0, atol=5e-9)
+    np.testing.assert_allclose(y, want_y, rtol=0, atol=5e-9)
+    assert x[0] == 0.0 and y[0] == 0.0
+
+
+def test_matches_the_numpy_series_on_the_fleet_area() -> None:
+    rng = np.random.default_rng(1)
+    lon = ORIGIN[0] + rng.uniform(-0.3, 0.3, 100_000)
+    lat = ORIGIN[1] + rng.uniform(-0.3, 0.3, 100_000)
+    x, y = project(lon, lat, origin=ORIGIN)
+    want_x, want_y = project_numpy(lon, lat, origin=ORIGIN)
+    np.testing.assert_allclose(x, want_x, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(y, want_y, rtol=0, atol=1e-9)
+    x, y = project([np.nan, 121.0, np.inf], [31.0, np.nan, 31.0], origin=ORIGIN)
+    assert np.all(np.isnan(x)) and np.all(np.isnan(y))
+    # The poles (a reading ingest lets through): finite, as before.
+    lon, lat = np.array([120.7, 121.0, -60.0, 120.7]), np.array([90.0, 90.0, -90.0, -90.0])
+    x, y = project(lon, lat, origin=ORIGIN)
+    with np.errstate(divide="ignore"):
+        want_x, want_y = project_numpy(lon, lat, origin=ORIGIN)
+    np.testing.assert_allclose(x, want_x, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(y, want_y, rtol=0, atol=1e-8)
