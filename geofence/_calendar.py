@@ -27,6 +27,8 @@ import chinese_calendar
 import numpy as np
 import numpy.typing as npt
 
+from core.jit import jit
+
 __all__ = [
     "DEFAULT_TIMEZONE",
     "SchoolCalendar",
@@ -320,25 +322,59 @@ def service_window_mask(
         if bus.size and (bus.min() < 0 or bus.max() >= table_windows.n_buses):
             raise ValueError("bus_index out of range of windows")
     local = _local_ms(ts, tz)
-    local_day = np.floor_divide(local, _DAY_MS)
-    minute = (local - local_day * _DAY_MS) // _MINUTE_MS
-    table, row = _per_day(local_day)
-    # ISO weekday - 1 as a bit: 1970-01-01 was a Thursday.
-    day_bit = np.left_shift(1, (table + 3) % 7)[row]
-    needs_school = bool(np.any(table_windows.school_only))
-    school = _school_days(table, _as_calendar(calendar))[row] if needs_school else None
-
-    first = table_windows.offsets[bus]
-    count = table_windows.offsets[bus + 1] - first
-    inside = np.zeros(ts.size, dtype=bool)
-    # Buses have a few windows each: one vectorized pass per window slot.
-    for k in range(int(count.max()) if count.size else 0):
-        has = np.flatnonzero(count > k)
-        w = first[has] + k
-        ok = (table_windows.weekday_bits[w] & day_bit[has]) != 0
-        ok &= table_windows.start_min[w] <= minute[has]
-        ok &= minute[has] < table_windows.end_min[w]
-        if school is not None:
-            ok &= ~table_windows.school_only[w] | school[has]
-        inside[has] |= ok
+    table, row = _per_day(np.floor_divide(local, _DAY_MS))
+    if np.any(table_windows.school_only):
+        school = _school_days(table, _as_calendar(calendar))
+    else:
+        school = np.zeros(table.size, dtype=bool)
+    inside = np.empty(ts.size, dtype=bool)
+    _inside_windows(
+        local,
+        table,
+        row,
+        school,
+        bus,
+        table_windows.offsets,
+        table_windows.weekday_bits,
+        table_windows.school_only,
+        table_windows.start_min,
+        table_windows.end_min,
+        inside,
+    )
     return inside
+
+
+@jit
+def _inside_windows(
+    local_ms: _I64,
+    day_table: _I64,
+    day_row: _I64,
+    school_day: _BOOL,
+    bus: _I64,
+    offsets: _I64,
+    weekday_bits: _I64,
+    school_only: _BOOL,
+    start_min: _I64,
+    end_min: _I64,
+    out: _BOOL,
+) -> None:
+    """The loop of :func:`service_window_mask`: fills ``out`` (N).
+
+    ``local_ms``: local wall-clock ms; its day is ``day_table[day_row]`` (epoch
+    days), a school day per ``school_day[day_row]``; ``bus`` indexes the
+    windows (rows ``offsets[bus]:offsets[bus + 1]``).
+    """
+    for i in range(local_ms.size):
+        day = day_table[day_row[i]]
+        minute = (local_ms[i] - day * _DAY_MS) // _MINUTE_MS
+        # ISO weekday - 1 as a bit: 1970-01-01 was a Thursday.
+        day_bit = 1 << ((day + 3) % 7)
+        school = school_day[day_row[i]]
+        inside = False
+        for w in range(offsets[bus[i]], offsets[bus[i] + 1]):
+            inside |= (
+                (weekday_bits[w] & day_bit) != 0
+                and start_min[w] <= minute < end_min[w]
+                and (school or not school_only[w])
+            )
+        out[i] = inside
