@@ -10,6 +10,8 @@ import numpy as np
 import numpy.typing as npt
 import shapely
 
+from core.jit import jit
+
 __all__ = ["DEFAULT_LIMIT_KMH", "PreparedZones", "speed_limit_kmh"]
 
 #: Limit where no speed zone applies (contract §3).
@@ -130,24 +132,83 @@ def speed_limit_kmh(
     n = x.size
     if y.size != n or ts.size != n:
         raise ValueError("x_m, y_m and ts_ms must have the same length")
-    limit = np.full(n, np.inf)
+    limit = np.full(n, float(default_kmh))
     if n and zones._cell_zone.size:
-        fx = (x - zones._x0) / zones.cell_m
-        fy = (y - zones._y0) / zones.cell_m
-        # NaN and far-away points fail these comparisons and see no zone.
-        inside = (fx >= 0) & (fx < zones._nx) & (fy >= 0) & (fy < zones._ny)
-        point = np.flatnonzero(inside)
-        cell = fy[point].astype(np.int64) * zones._nx + fx[point].astype(np.int64)
-        lo = zones._cell_offsets[cell]
-        count = zones._cell_offsets[cell + 1] - lo
-        pair_point = np.repeat(point, count)
-        first = np.cumsum(count) - count
-        zone = zones._cell_zone[np.arange(pair_point.size) + np.repeat(lo - first, count)]
-        t = ts[pair_point]
-        # Validity first: it is cheaper than point-in-polygon.
-        keep = (zones.valid_from_ms[zone] <= t) & (t < zones.valid_to_ms[zone])
-        pair_point, zone = pair_point[keep], zone[keep]
-        hit = shapely.contains_xy(zones.areas[zone], x[pair_point], y[pair_point])
-        np.minimum.at(limit, pair_point[hit], zones.limit_kmh[zone[hit]])
-    limit[np.isinf(limit)] = float(default_kmh)
+        # Candidates: zones whose box's cells hold the point and that are valid then.
+        pair_point, pair_zone = _candidates(
+            x,
+            y,
+            ts,
+            np.array([zones._x0, zones._y0, zones.cell_m]),
+            zones._nx,
+            zones._ny,
+            zones._cell_offsets,
+            zones._cell_zone,
+            zones.valid_from_ms,
+            zones.valid_to_ms,
+        )
+        hit = shapely.contains_xy(zones.areas[pair_zone], x[pair_point], y[pair_point])
+        _lowest(limit, pair_point[hit], zones.limit_kmh[pair_zone[hit]], float(default_kmh))
     return limit
+
+
+@jit
+def _candidates(
+    x: _F64,
+    y: _F64,
+    ts_ms: _I64,
+    grid: _F64,
+    nx: int,
+    ny: int,
+    cell_offsets: _I64,
+    cell_zone: _I64,
+    valid_from_ms: _I64,
+    valid_to_ms: _I64,
+) -> tuple[_I64, _I64]:
+    """(point, zone) pairs: the zones listed in the point's cell and valid at its time.
+
+    ``grid`` is ``(x0, y0, cell_m)``. Points and, per point, zones in cell order.
+    """
+    x0, y0, cell_m = grid[0], grid[1], grid[2]
+    n = x.size
+    cell = np.empty(n, dtype=np.int64)
+    n_pairs = 0
+    for i in range(n):
+        fx = (x[i] - x0) / cell_m
+        fy = (y[i] - y0) / cell_m
+        # NaN and far-away points fail these comparisons and see no zone.
+        if fx >= 0 and fx < nx and fy >= 0 and fy < ny:
+            cell[i] = int(fy) * nx + int(fx)
+            for k in range(cell_offsets[cell[i]], cell_offsets[cell[i] + 1]):
+                n_pairs += _valid(valid_from_ms, valid_to_ms, cell_zone[k], ts_ms[i])
+        else:
+            cell[i] = -1
+    pair_point = np.empty(n_pairs, dtype=np.int64)
+    pair_zone = np.empty(n_pairs, dtype=np.int64)
+    p = 0
+    for i in range(n):
+        if cell[i] < 0:
+            continue
+        for k in range(cell_offsets[cell[i]], cell_offsets[cell[i] + 1]):
+            if _valid(valid_from_ms, valid_to_ms, cell_zone[k], ts_ms[i]):
+                pair_point[p] = i
+                pair_zone[p] = cell_zone[k]
+                p += 1
+    return pair_point, pair_zone
+
+
+@jit
+def _valid(valid_from_ms: _I64, valid_to_ms: _I64, zone: int, ts_ms: int) -> bool:
+    """Whether ``zone`` applies at ``ts_ms`` (from inclusive, to exclusive)."""
+    return bool(valid_from_ms[zone] <= ts_ms < valid_to_ms[zone])
+
+
+@jit
+def _lowest(limit_kmh: _F64, point: _I64, zone_limit_kmh: _F64, default_kmh: float) -> None:
+    """Lower ``limit_kmh[point]`` to each zone's limit; the default only where no zone applies."""
+    first = np.ones(limit_kmh.size, dtype=np.bool_)
+    for p in range(point.size):
+        i = point[p]
+        if first[i] or zone_limit_kmh[p] < limit_kmh[i]:
+            limit_kmh[i] = zone_limit_kmh[p]
+            first[i] = False
