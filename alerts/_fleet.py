@@ -32,12 +32,22 @@ close is at a different buffered reading, or at a gap or the final pass):
 from __future__ import annotations
 
 import math
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar, cast
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
 from core.jit import jit
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def _inline(fn: _Fn) -> _Fn:
+    """A helper compiled into its callers (no call, no reference counting of its arrays)."""
+    return cast(_Fn, numba.njit(cache=True, nogil=True, inline="always")(fn))
+
 
 _F64 = npt.NDArray[np.float64]
 _I64 = npt.NDArray[np.int64]
@@ -147,7 +157,7 @@ TO_PYTHON: Final = 1
 _EARTH_RADIUS_M: Final = 6_371_008.8
 
 
-@jit
+@_inline
 def _haversine1(lon0: float, lat0: float, lon1: float, lat1: float) -> float:
     p0 = math.radians(lat0)
     p1 = math.radians(lat1)
@@ -158,7 +168,7 @@ def _haversine1(lon0: float, lat0: float, lon1: float, lat1: float) -> float:
     return 2.0 * _EARTH_RADIUS_M * math.asin(math.sqrt(min(a, 1.0)))
 
 
-@jit
+@_inline
 def _ep_from_core(ci: _I64, cf: _F64, xi: _I64, xf: _F64, e: int) -> None:
     xi[e, X_STARTED] = ci[I_RUN_START]
     xi[e, X_OPENED] = ci[I_OPENED]
@@ -172,7 +182,7 @@ def _ep_from_core(ci: _I64, cf: _F64, xi: _I64, xf: _F64, e: int) -> None:
         xf[e, j] = cf[F_AGG + j]
 
 
-@jit
+@_inline
 def _core_from_ep(ci: _I64, cf: _F64, xi: _I64, xf: _F64, e: int, phase: int) -> None:
     ci[I_PHASE] = phase
     ci[I_RUN_START] = xi[e, X_STARTED]
@@ -183,7 +193,7 @@ def _core_from_ep(ci: _I64, cf: _F64, xi: _I64, xf: _F64, e: int, phase: int) ->
         cf[F_AGG + j] = xf[e, j]
 
 
-@jit
+@_inline
 def _reset_aggregates(ci: _I64, cf: _F64) -> None:
     cf[F_MAX] = math.nan
     cf[F_TAG] = math.nan
@@ -196,7 +206,7 @@ def _reset_aggregates(ci: _I64, cf: _F64) -> None:
     ci[I_LATE] = 0
 
 
-@jit
+@_inline
 def _scalar_pass(
     ci: _I64,
     cf: _F64,
@@ -333,12 +343,12 @@ def _scalar_pass(
     return ne
 
 
-@jit
+@_inline
 def _same_f(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-@jit
+@_inline
 def _emit(oi: _I64, of: _F64, no: int, d: int, action: int, mi: _I64, mf: _F64, closed: int) -> int:
     """Write one event (the episode in ``mi``/``mf``, with ``closed``); new event count."""
     oi[no, O_DEV] = d
@@ -351,7 +361,7 @@ def _emit(oi: _I64, of: _F64, no: int, d: int, action: int, mi: _I64, mf: _F64, 
     return no + 1
 
 
-@jit
+@_inline
 def _reconcile(
     d: int,
     si: _I64,
@@ -449,7 +459,7 @@ def _reconcile(
     return no
 
 
-@jit
+@_inline
 def _settle(
     d: int,
     si: _I64,
@@ -561,7 +571,7 @@ def _settle(
     return no
 
 
-@jit
+@_inline
 def _insert(d: int, si: _I64, bts: _I64, bf: _F64, bk: _I8, t: int, rf: _F64, rk: _I8) -> None:
     """Add one reading to row ``d``'s sorted buffer unless its ``ts`` is there (the old wins)."""
     n = si[d, I_NBUF]
@@ -582,6 +592,17 @@ def _insert(d: int, si: _I64, bts: _I64, bf: _F64, bk: _I8, t: int, rf: _F64, rk
     for f in range(3):
         bk[d, i, f] = rk[f]
     si[d, I_NBUF] = n + 1
+
+
+@_inline
+def _quiet(d: int, si: _I64, bk: _I8) -> bool:
+    """EpisodeState.quiet: idle, nothing emitted, no meeting reading buffered."""
+    if si[d, I_PHASE] != IDLE or si[d, I_NEM] != 0:
+        return False
+    for i in range(si[d, I_NBUF]):  # noqa: SIM110 (no generators in compiled code)
+        if bk[d, i, 0] == MET:
+            return False
+    return True
 
 
 def scratch(capacity: int) -> tuple[_I64, _F64, _I64, _I64, _F64, _I64, _F64, _I64, _F64]:
@@ -654,27 +675,61 @@ def feed_groups(
         a = lo[g]
         b = hi[g]
         wm = si[d, I_WM]
-        ok = hot[d] and si[d, I_NBUF] + (b - a) <= cap
+        ok = hot[d]
         if ok and wm != NO_TS:
             for i in range(a, b):
                 if ts[i] < wm:
-                    ok = False
+                    ok = False  # for the late lane
                     break
-        if not ok:
+        if ok and si[d, I_NBUF] + (b - a) > cap and _quiet(d, si, bk):
+            # Readings kept while quiet (below) fill the row: finalize what is final
+            # (nothing can be emitted: nothing meets the condition).
+            no = _settle(
+                d,
+                si,
+                sf,
+                bts,
+                bf,
+                bk,
+                mi,
+                mf,
+                p,
+                xi,
+                xf,
+                cert,
+                ci2,
+                cf2,
+                ki,
+                kf,
+                si1,
+                sf1,
+                oi,
+                of,
+                no,
+            )
+        if not ok or si[d, I_NBUF] + (b - a) > cap:
             status[g] = TO_PYTHON
             continue
         status[g] = DONE
         if b == a:
             continue
+        met = False
         top = ts[a]
         for i in range(a, b):
             top = max(top, ts[i])
+            met = met or rk[i, 0] == MET
+        quiet = not met and _quiet(d, si, bk)
+        for i in range(a, b):
             _insert(d, si, bts, bf, bk, ts[i], rf[i], rk[i])
         if si[d, I_MAX_TS] == NO_TS or top > si[d, I_MAX_TS]:
             si[d, I_MAX_TS] = top
         cwm = si[d, I_MAX_TS] - lateness
         if wm == NO_TS or cwm > wm:
             si[d, I_WM] = cwm
+        if quiet:
+            # Nothing under way and nothing meeting the condition: nothing can be
+            # decided, so the readings just wait (EpisodeDetector._feed's quiet case).
+            continue
         no = _settle(
             d, si, sf, bts, bf, bk, mi, mf, p, xi, xf, cert, ci2, cf2, ki, kf, si1, sf1, oi, of, no
         )
@@ -686,14 +741,7 @@ def quiet_rows(si: _I64, bk: _I8, rows: _I64) -> _BOOL:
     """EpisodeState.quiet per row: idle, nothing emitted, no meeting reading buffered."""
     out = np.zeros(rows.shape[0], np.bool_)
     for g in range(rows.shape[0]):
-        d = rows[g]
-        q = si[d, I_PHASE] == IDLE and si[d, I_NEM] == 0
-        if q:
-            for i in range(si[d, I_NBUF]):
-                if bk[d, i, 0] == MET:
-                    q = False
-                    break
-        out[g] = q
+        out[g] = _quiet(rows[g], si, bk)
     return out
 
 
@@ -745,13 +793,7 @@ def advance_rows(
         if not hot[d]:
             status[g] = TO_PYTHON
             continue
-        q = si[d, I_PHASE] == IDLE and si[d, I_NEM] == 0
-        if q:
-            for i in range(si[d, I_NBUF]):
-                if bk[d, i, 0] == MET:
-                    q = False
-                    break
-        if q:
+        if _quiet(d, si, bk):
             continue
         wm = wms[g]
         cut_ms = cuts[g]

@@ -195,6 +195,11 @@ class AlertEngine:
         self._last_tick_ms: int | None = None
         #: Devices whose episode rules may have something under way (ticks visit only these).
         self._busy: set[int] = set()
+        #: Of those, the devices whose smoke, skew, panic or fault states may have
+        #: something under way (the rules still run in Python, device by device).
+        self._busy_py: set[int] = set()
+        #: Devices that may have a fault source (DeviceFault.feed_gps_many looks only at these).
+        self._fault_watch: set[int] = set()
         #: Devices checked for silence (all registered, not retired); None: to be listed.
         self._offline_keys: _I64 | None = None
         self._filings: list[Filing] = list(filings)
@@ -407,15 +412,16 @@ class AlertEngine:
         alarm = g.alarm
         # Devices whose rules may now have something under way: a superset of the
         # readings meeting any condition (ticks then visit only these).
+        maybe_py = (alarm > 0) | bf | (np.abs(ts - g.received_ms) > r.skew.max_skew_s * 1000)
         maybe = (
             (speed > limit)
             | (routed & window & ~(rd.within_corridor | on_detour))
             | ((speed >= r.out_of_hours.moving_kmh) & ~(window & school) & has_bus)
-            | (alarm > 0)
-            | bf
-            | (np.abs(ts - g.received_ms) > r.skew.max_skew_s * 1000)
+            | maybe_py
         )
         self._busy.update(np.unique(keys[maybe]).tolist())
+        if maybe_py.any():
+            self._busy_py.update(np.unique(keys[maybe_py]).tolist())
         if not replay:
             self._collect(
                 events,
@@ -429,7 +435,10 @@ class AlertEngine:
                 ),
             )
         self._collect(
-            events, r.fault.feed_gps_many(st.fault, device=keys, ts_ms=ts, alarm=alarm, backfill=bf)
+            events,
+            r.fault.feed_gps_many(
+                st.fault, device=keys, ts_ms=ts, alarm=alarm, backfill=bf, watch=self._fault_watch
+            ),
         )
         self._collect(
             events,
@@ -473,6 +482,8 @@ class AlertEngine:
         smoke = batch.smoke
         for key, rows in _by_device(smoke.device_key, smoke.new):
             self._busy.add(key)
+            self._busy_py.add(key)
+            self._fault_watch.add(key)
             ts = smoke.ts_ms[rows]
             state = smoke.state[rows]
             events[key] += self.rules.smoke.feed(
@@ -491,6 +502,8 @@ class AlertEngine:
         button = batch.button
         for key, rows in _by_device(button.device_key, button.new):
             self._busy.add(key)
+            self._busy_py.add(key)
+            self._fault_watch.add(key)
             ts = button.ts_ms[rows]
             event = button.event[rows]
             if not replay:
@@ -536,8 +549,13 @@ class AlertEngine:
 
     def _advance_episode_rules(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
         """Advance the devices that may have something under way (:attr:`_busy`)."""
-        if not self._busy:
-            return
+        if self._busy:
+            self._advance_gps_rules(wm, events)
+        if self._busy_py:
+            self._advance_other_rules(wm, events)
+
+    def _advance_gps_rules(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
+        """The GPS episode rules, for every busy device at once (compiled)."""
         r, st = self.rules, self.states
         keys = np.fromiter(sorted(self._busy), np.int64, len(self._busy))
         kw = wm + self._offset_ms[keys]
@@ -565,14 +583,22 @@ class AlertEngine:
                 fleet["out_of_hours"], st.out_of_hours, keys, kw, self._cuts(True, last, buses, kw)
             ),
         )
-        under_way = ~(
+        quiet = (
             fleet["speeding"].quiet(keys, st.speeding)
             & fleet["deviation"].quiet(keys, st.deviation)
             & fleet["out_of_hours"].quiet(keys, st.out_of_hours)
         )
+        if quiet.any():
+            self._busy.difference_update(keys[quiet].tolist())
+
+    def _advance_other_rules(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
+        """Smoke, clock skew, panic and fault, device by device (:attr:`_busy_py`)."""
+        r, st = self.rules, self.states
         wall = self._wall_ms()
         lots = st.parking
-        for k, at, busy in zip(keys.tolist(), kw.tolist(), under_way.tolist(), strict=True):
+        for k in sorted(self._busy_py):
+            at = wm + int(self._offset_ms[k])
+            busy = False
             simple: list[tuple[Any, EpisodeState, int, Parking | None]] = [
                 (r.smoke, st.smoke[k], at, None),
                 (r.skew, st.skew[k], wall, lots["skew"]),
@@ -591,7 +617,7 @@ class AlertEngine:
                 events[k] += r.fault.advance(f, watermark_ms=at)
                 busy = busy or not all(x.quiet for x in f.sources.values())
             if not busy:
-                self._busy.discard(k)
+                self._busy_py.discard(k)
 
     def _cuts(self, start: bool, last_met: _I64, buses: _I64, wm: _I64) -> _I64:
         """Per device, the window edge after its open episode's last meeting reading.
@@ -694,6 +720,7 @@ class AlertEngine:
             if not evs:
                 continue
             self._busy.add(key)
+            self._busy_py.add(key)
             device = self.registry.devices.get(key)
             if device is None:
                 continue

@@ -1434,11 +1434,15 @@ class DeviceFault:
         ts_ms: npt.ArrayLike,
         alarm: npt.ArrayLike,
         backfill: npt.ArrayLike | None = None,
+        watch: set[int] | None = None,
     ) -> dict[int, list[AlertEvent]]:
         """:meth:`feed_gps` for a batch of many devices (``device`` indexes ``states``).
 
         Only devices with a fault bit set in the batch, or a fault source
         already under way, are looked at: the rest cost nothing per device.
+        ``watch`` (kept by the caller across batches): a superset of the
+        devices with fault sources; only those are looked up (every device of
+        the batch without it). Devices given a source here are added to it.
         """
         ts = _ts(ts_ms)
         dev = np.asarray(device, np.int64)
@@ -1449,7 +1453,13 @@ class DeviceFault:
         bf = _bool(backfill, n, "backfill", False)
         present = a >= 0
         watched: dict[str, set[int]] = {}
-        for d in np.unique(dev).tolist():
+        if watch is None:
+            look: list[int] = np.unique(dev).tolist()
+        else:
+            seen = np.zeros(len(states), np.bool_)
+            seen[dev] = True
+            look = [d for d in watch if seen[d]]
+        for d in look:
             sources = states[d].sources
             if sources:
                 for name in sources:
@@ -1467,6 +1477,8 @@ class DeviceFault:
                 st = states[d].sources.get(name)
                 if st is None:
                     st = states[d].sources[name] = EpisodeState()
+                    if watch is not None:
+                        watch.add(d)
                 sub.append(st)
             per = self._detector.feed_many(
                 sub,
