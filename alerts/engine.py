@@ -143,17 +143,21 @@ class _States:
             "speeding": FleetEpisodes(rules.speeding.detector),
             "deviation": FleetEpisodes(rules.deviation.detector),
             "out_of_hours": FleetEpisodes(rules.out_of_hours.detector),
+            "panic": FleetEpisodes(rules.panic.bit_detector),
         }
+        #: ``panic[k].bit`` for every device, in key order (the panic fleet's states).
+        self.panic_bits: list[EpisodeState] = []
         #: Quiet states parked in fleet-wide arrays (EpisodeDetector.feed_many).
         self.parking = {
             "skew": Parking(positions=False),
-            "panic": Parking(positions=False),
         }
 
     def grow(self, size: int) -> None:
         for states in (self.speeding, self.deviation, self.out_of_hours, self.smoke, self.skew):
             states.extend(EpisodeState() for _ in range(size - len(states)))
-        self.panic.extend(PanicState() for _ in range(size - len(self.panic)))
+        fresh = [PanicState() for _ in range(size - len(self.panic))]
+        self.panic.extend(fresh)
+        self.panic_bits.extend(p.bit for p in fresh)
         self.fault.extend(FaultState() for _ in range(size - len(self.fault)))
         self.offline.extend(None for _ in range(size - len(self.offline)))
         self.offline_book.ensure(size)
@@ -431,7 +435,8 @@ class AlertEngine:
                     ts_ms=ts,
                     alarm=alarm,
                     backfill=bf,
-                    parking=st.parking["panic"],
+                    fleet=st.fleet["panic"],
+                    bits=st.panic_bits,
                 ),
             )
         self._collect(
@@ -596,9 +601,12 @@ class AlertEngine:
         r, st = self.rules, self.states
         wall = self._wall_ms()
         lots = st.parking
-        for k in sorted(self._busy_py):
-            at = wm + int(self._offset_ms[k])
-            busy = False
+        keys = np.fromiter(sorted(self._busy_py), np.int64, len(self._busy_py))
+        kw = wm + self._offset_ms[keys]
+        panic = st.fleet["panic"]
+        self._collect(events, r.panic.advance_fleet(panic, st.panic, st.panic_bits, keys, kw))
+        panic_quiet = panic.quiet(keys, st.panic_bits)
+        for k, at, busy in zip(keys.tolist(), kw.tolist(), (~panic_quiet).tolist(), strict=True):
             simple: list[tuple[Any, EpisodeState, int, Parking | None]] = [
                 (r.smoke, st.smoke[k], at, None),
                 (r.skew, st.skew[k], wall, lots["skew"]),
@@ -608,10 +616,6 @@ class AlertEngine:
                     continue
                 events[k] += rule.advance(s, watermark_ms=when)
                 busy = busy or not s.quiet
-            p = st.panic[k]
-            if not _idle(p.bit, lots["panic"], k):
-                events[k] += r.panic.advance(p, watermark_ms=at)
-                busy = busy or not p.bit.quiet
             f = st.fault[k]
             if f.sources and not all(x.quiet for x in f.sources.values()):
                 events[k] += r.fault.advance(f, watermark_ms=at)
@@ -709,8 +713,11 @@ class AlertEngine:
         """A person resolved the device's panic alert: later presses open a new one."""
         if key < len(self.states.panic):
             state = self.states.panic[key]
-            self.states.parking["panic"].unpark(key, state.bit)  # its newest time counts
+            panic = self.states.fleet["panic"]
+            panic.ensure(len(self.states.panic))
+            panic.evict(key, state.bit)  # its newest time counts
             self.rules.panic.resolve(state, at_ms=at_ms)
+            panic.admit(key, state.bit)
 
     # -- output ------------------------------------------------------------------------------
 

@@ -1221,27 +1221,59 @@ class PanicButton:
         alarm: npt.ArrayLike,
         backfill: npt.ArrayLike | None = None,
         parking: Parking | None = None,
+        fleet: FleetEpisodes | None = None,
+        bits: Sequence[EpisodeState] | None = None,
     ) -> dict[int, list[AlertEvent]]:
         """:meth:`feed_gps` for a batch of many devices (``device`` indexes ``states``).
 
         ``parking`` (``positions=False``) parks the alarm-bit states of
-        devices with nothing under way (:meth:`EpisodeDetector.feed_many`).
+        devices with nothing under way (:meth:`EpisodeDetector.feed_many`);
+        or ``fleet`` holds them (:class:`alerts.fleet.FleetEpisodes` of
+        :attr:`bit_detector`), with ``bits`` the states' ``bit`` in order.
         """
         ts = _ts(ts_ms)
         a = np.asarray(alarm, np.int64)
         present = a >= 0
         bit = present & ((a >> _EMERGENCY_BIT) & 1).astype(np.bool_)
-        per = self._bit_detector.feed_many(
-            [st.bit for st in states],
-            device,
-            ts,
-            bit,
-            clears=present & ~bit,
-            backfill=backfill,
-            parking=parking,
-        )
+        if fleet is not None:
+            per = fleet.feed_many(
+                [st.bit for st in states] if bits is None else bits,
+                device,
+                ts,
+                bit,
+                clears=present & ~bit,
+                backfill=backfill,
+            )
+        else:
+            per = self._bit_detector.feed_many(
+                [st.bit for st in states],
+                device,
+                ts,
+                bit,
+                clears=present & ~bit,
+                backfill=backfill,
+                parking=parking,
+            )
         out = {d: self._from_bit(states[d], evs) for d, evs in per.items()}
         return {d: evs for d, evs in out.items() if evs}
+
+    def advance_fleet(
+        self,
+        fleet: FleetEpisodes,
+        states: Sequence[PanicState],
+        bits: Sequence[EpisodeState],
+        keys: _I64,
+        watermark_ms: _I64,
+    ) -> dict[int, list[AlertEvent]]:
+        """:meth:`advance` of the devices ``keys`` whose alarm bits ``fleet`` holds."""
+        per = fleet.advance_many(bits, keys, watermark_ms)
+        out = {d: self._from_bit(states[d], evs) for d, evs in per.items()}
+        return {d: evs for d, evs in out.items() if evs}
+
+    @property
+    def bit_detector(self) -> EpisodeDetector:
+        """The edge detector of gps alarm bit 0."""
+        return self._bit_detector
 
     def advance(self, state: PanicState, *, watermark_ms: int) -> list[AlertEvent]:
         """Move the watermark (finalizes buffered alarm-bit readings)."""
