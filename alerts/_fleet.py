@@ -148,7 +148,8 @@ P_LATENESS: Final = 3
 P_PATH: Final = 4
 P_PROGRESS: Final = 5
 P_SKIP_UNDUE: Final = 6
-NP_: Final = 7
+P_PROGRESS_EVERY: Final = 7  # ms; 0: every change
+NP_: Final = 8
 
 # Group status.
 DONE: Final = 0
@@ -421,21 +422,30 @@ def _reconcile(
             elif prev_active and not snap_active:
                 no = _emit(oi, of, no, d, CLOSE, si1, sf1, si1[M_CLOSED])
             else:
+                # The fixed key (EpisodeDetector._reconcile, Episode._key(False)) ...
                 differs = (
                     si1[M_STARTED] != mi[d, prev, M_STARTED]
                     or si1[M_CLOSED] != mi[d, prev, M_CLOSED]
                     or si1[M_LATE] != mi[d, prev, M_LATE]
                     or not _same_f(sf1[A_MAX], mf[d, prev, A_MAX])
                     or not _same_f(sf1[A_TAG], mf[d, prev, A_TAG])
+                    # ended_at (last met once closed)
+                    or (si1[M_CLOSED] != NO_TS and si1[M_LAST_MET] != mi[d, prev, M_LAST_MET])
                 )
-                if progress:
-                    differs = differs or si1[M_OPENED] != mi[d, prev, M_OPENED]
-                    differs = differs or si1[M_LAST_MET] != mi[d, prev, M_LAST_MET]
+                if progress and not differs:
+                    # ... or the progress key, when its step is due (_progress_due).
+                    moved = (
+                        si1[M_OPENED] != mi[d, prev, M_OPENED]
+                        or si1[M_LAST_MET] != mi[d, prev, M_LAST_MET]
+                    )
                     for f in range(A_START_LON, A_PATH + 1):
-                        differs = differs or not _same_f(sf1[f], mf[d, prev, f])
-                elif si1[M_CLOSED] != NO_TS:
-                    # ended_at (last met once closed) is part of the key.
-                    differs = differs or si1[M_LAST_MET] != mi[d, prev, M_LAST_MET]
+                        moved = moved or not _same_f(sf1[f], mf[d, prev, f])
+                    every = p[P_PROGRESS_EVERY]
+                    differs = moved and (
+                        every == 0
+                        or (si1[M_LAST_MET] - si1[M_STARTED]) // every
+                        != (mi[d, prev, M_LAST_MET] - mi[d, prev, M_STARTED]) // every
+                    )
                 if differs:
                     no = _emit(oi, of, no, d, UPDATE, si1, sf1, si1[M_CLOSED])
         else:

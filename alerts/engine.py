@@ -73,6 +73,8 @@ SKEW_TOLERANCE_MS: Final = 60_000
 _SPEED_GAP_MS: Final = 60_000
 #: Event-clock ticks happen when the clock moved at least this much (ms).
 _TICK_EVERY_MS: Final = 1_000
+#: Kinds whose rules the tick runs device by device (:meth:`AlertEngine._advance_other_rules`).
+_PY_KINDS: Final = frozenset({"smoke_alarm", "clock_skew", "panic_button", "device_fault"})
 #: Service-window edges memoized per (bus, minute) before the memo is emptied.
 _EDGE_CACHE_MAX: Final = 200_000
 
@@ -95,23 +97,27 @@ class RuleSet:
     def from_settings(settings: Settings, *, clock: Clock) -> RuleSet:
         """Thresholds from the settings (contract §3 defaults)."""
         late = settings.allowed_lateness_s
+        every = settings.progress_every_s
         return RuleSet(
             speeding=Speeding(
                 open_after_s=settings.speeding_open_s,
                 close_after_s=settings.speeding_close_s,
                 default_limit_kmh=settings.default_limit_kmh,
                 lateness_s=late,
+                progress_every_s=every,
             ),
             deviation=RouteDeviation(
                 open_after_s=settings.deviation_open_s,
                 close_after_s=settings.deviation_close_s,
                 lateness_s=late,
+                progress_every_s=every,
             ),
             out_of_hours=OutOfHours(
                 open_after_s=settings.out_of_hours_open_s,
                 close_after_s=settings.out_of_hours_close_s,
                 moving_kmh=settings.moving_kmh,
                 lateness_s=late,
+                progress_every_s=every,
             ),
             # Live: silence is measured on receive times, which are never out of order.
             offline=DeviceOffline(lateness_s=late if clock == "event" else 0.0),
@@ -727,7 +733,8 @@ class AlertEngine:
             if not evs:
                 continue
             self._busy.add(key)
-            self._busy_py.add(key)
+            if any(ev.kind in _PY_KINDS for ev in evs):
+                self._busy_py.add(key)
             device = self.registry.devices.get(key)
             if device is None:
                 continue

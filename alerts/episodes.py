@@ -460,6 +460,12 @@ class EpisodeDetector:
     when ``False``, only when its start, ``late``, ``max_value``/``tag_at_max``
     or, once closed, its end changes. ``track_path=False``: ``path_m`` stays
     0 (for rules whose details do not show the distance travelled).
+    ``progress_every_s`` (with ``report_progress``): an update that only
+    moves the episode on (latest meeting reading, end position, path) is
+    emitted when the duration enters a new ``progress_every_s`` step, not
+    for every reading; a change of start, ``late``, ``max_value``/
+    ``tag_at_max`` or the close is emitted at once, and the close carries
+    everything. 0: every change.
     """
 
     open_after_s: float
@@ -469,10 +475,13 @@ class EpisodeDetector:
     late_flush_after_s: float = 120.0
     report_progress: bool = True
     track_path: bool = True
+    progress_every_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.open_after_s >= 0 and self.close_after_s >= 0 and self.lateness_s >= 0):
             raise ValueError("open_after_s, close_after_s and lateness_s must be >= 0")
+        if not self.progress_every_s >= 0:
+            raise ValueError("progress_every_s must be >= 0")
         if self.max_gap_s is not None and not self.max_gap_s > 0:
             raise ValueError("max_gap_s must be > 0 or None")
 
@@ -698,6 +707,19 @@ class EpisodeDetector:
     def _close_ms(self) -> int | None:
         return None if math.isinf(self.close_after_s) else _ms(self.close_after_s)
 
+    def _progress_due(self, prev: Episode, snap: Episode) -> bool:
+        """Whether moving on from ``prev`` to ``snap`` is worth an update (``progress_every_s``)."""
+        every = self._progress_ms
+        return (
+            every == 0
+            or (snap.last_met_ms - snap.started_at_ms) // every
+            != (prev.last_met_ms - prev.started_at_ms) // every
+        )
+
+    @functools.cached_property
+    def _progress_ms(self) -> int:
+        return _ms(self.progress_every_s)
+
     @functools.cached_property
     def _gap_ms(self) -> int | None:
         return None if self.max_gap_s is None else _ms(self.max_gap_s)
@@ -877,7 +899,11 @@ class EpisodeDetector:
                     snap = prev
                 elif prev.active and not snap.active:
                     out.append(EpisodeEvent("close", snap))
-                elif snap._key(self.report_progress) != prev._key(self.report_progress):
+                elif snap._key(False) != prev._key(False) or (
+                    self.report_progress
+                    and snap._key() != prev._key()
+                    and self._progress_due(prev, snap)
+                ):
                     out.append(EpisodeEvent("update", snap))
             else:
                 snap = dataclasses.replace(snap, number=counter.next_number)

@@ -85,6 +85,7 @@ class FleetEpisodes:
         self.params[kn.P_PATH] = int(detector.track_path)
         self.params[kn.P_PROGRESS] = int(detector.report_progress)
         self.params[kn.P_SKIP_UNDUE] = 1
+        self.params[kn.P_PROGRESS_EVERY] = detector._progress_ms
         e = capacity + 2
         self.hot: _BOOL = np.zeros(0, np.bool_)
         self.si: _I64 = np.zeros((0, kn.NI), np.int64)

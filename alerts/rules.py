@@ -269,6 +269,8 @@ class _EpisodeRule:
     lateness_s: float = 30.0
     max_gap_s: float | None = None
     late_flush_after_s: float = 120.0
+    #: Progress-only updates at most once per this many seconds of duration (0: all).
+    progress_every_s: float = 0.0
 
     kind: ClassVar[str] = ""
     #: Whether details change with every reading (duration, track): see EpisodeDetector.
@@ -287,6 +289,7 @@ class _EpisodeRule:
             late_flush_after_s=self.late_flush_after_s,
             report_progress=self.progress,
             track_path=self.path,
+            progress_every_s=self.progress_every_s,
         )
 
     def new_state(self) -> EpisodeState:

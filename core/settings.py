@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     #: At or above this speed a bus is moving (out_of_hours).
     moving_kmh: float = Field(default=5.0, gt=0)
     clock_skew_max_s: float = Field(default=300.0, gt=0)
+    #: An active speeding, deviation or out-of-hours alert's progress (duration, end,
+    #: distance) is written at most once per this many seconds of its duration; a
+    #: new maximum, an earlier start or the close is written at once. 0: every fix.
+    progress_every_s: float = Field(default=15.0, ge=0)
     #: Live clock: how often silent devices are checked (offline, closing episodes).
     rules_tick_s: float = Field(default=1.0, gt=0)
     #: After a restart, readings this far back are replayed to rebuild rule state.

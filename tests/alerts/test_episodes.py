@@ -704,3 +704,54 @@ def test_without_path_tracking_only_the_path_differs(data: st.DataObject, params
             )
 
         assert seen(untracked) == seen(tracked)
+
+
+@PROP
+@given(data=st.data(), params=detectors)
+def test_throttled_progress_keeps_every_decision_and_the_final_episodes(
+    data: st.DataObject, params
+) -> None:
+    """``progress_every_s`` drops only updates that move an episode on within one step."""
+    open_s, close_s, gap_s = params
+    every = data.draw(st.sampled_from([5.0, 10.0, 30.0]))
+    readings = data.draw(streams(max_runs=10))
+    shuffled = sorted(readings, key=lambda r: r.ts + data.draw(st.integers(0, 25_000)))
+    parts = split(data.draw, shuffled)
+    runs = []
+    for step in (0.0, every):
+        det = EpisodeDetector(
+            open_after_s=open_s,
+            close_after_s=close_s,
+            lateness_s=30,
+            max_gap_s=gap_s,
+            progress_every_s=step,
+        )
+        state = det.new_state()
+        events = [e for part in parts for e in feed(det, state, part)]
+        runs.append((events, det.advance(state, watermark_ms=T0 + 10**8)))
+    (every_change, end_all), (throttled, end_some) = runs
+    all_events = every_change + end_all
+    some_events = throttled + end_some
+    # The same opens and closes, and each episode ends the same.
+    assert [(e.action, e.episode._key()) for e in all_events if e.action != "update"] == [
+        (e.action, e.episode._key()) for e in some_events if e.action != "update"
+    ]
+    assert {n: ep._key(False) for n, ep in fold(all_events).items()} == {
+        n: ep._key(False) for n, ep in fold(some_events).items()
+    }
+    # Every update kept is one of the unthrottled run's; each dropped one moved only progress
+    # and stayed within the step of the snapshot before it.
+    kept = [(e.episode.number, e.episode._key()) for e in some_events if e.action == "update"]
+    made = [(e.episode.number, e.episode._key()) for e in all_events if e.action == "update"]
+    assert set(kept) <= set(made)
+    last: dict[int, Episode] = {}
+    step_ms = round(every * 1000)
+    kept_set = set(kept)
+    for e in all_events:
+        n = e.episode.number
+        if e.action == "update" and (n, e.episode._key()) not in kept_set:
+            before = last[n]
+            assert e.episode._key(False) == before._key(False)
+            duration = e.episode.last_met_ms - e.episode.started_at_ms
+            assert duration // step_ms == (before.last_met_ms - before.started_at_ms) // step_ms
+        last[n] = e.episode

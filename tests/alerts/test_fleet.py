@@ -112,6 +112,7 @@ def test_fleet_equals_the_python_detector(data: st.DataObject, params) -> None:
         max_gap_s=gap_s,
         report_progress=data.draw(st.booleans()),
         track_path=data.draw(st.booleans()),
+        progress_every_s=data.draw(st.sampled_from([0.0, 0.0, 10.0, 15.5])),
     )
     n_dev = data.draw(st.integers(1, 4))
     streams_ = [data.draw(streams(max_runs=8)) for _ in range(n_dev)]
