@@ -325,8 +325,8 @@ class AlertEngine:
         if self.first_event_ms is None and heard.size:
             self.first_event_ms = int(heard.min())
         book = self.states.offline_book
-        heard_keys = np.unique(keys)
-        for k in heard_keys[~book.known[heard_keys]].tolist():
+        unknown = keys[~book.known[keys]]
+        for k in np.unique(unknown).tolist():
             self._offline_state(k)
         states: list[OfflineState] = self.states.offline  # type: ignore[assignment]
         found = self.rules.offline.feed_many(states, device=keys, heard_ms=heard, book=book)
@@ -769,6 +769,10 @@ def coalesce(events: Sequence[AlertEvent]) -> list[AlertEvent]:
     An open followed by updates becomes one open with the latest data; any
     number of updates one update; a close stays a close (after its open).
     """
+    if len(events) == 1:
+        # The common case (one change of one episode): as the loop below would give it.
+        ev = events[0]
+        return [ev if ev.action == "close" or ev.ended_at_ms is None else _with(ev, ev.action)]
     groups: dict[tuple[str, str | None, int, bool], list[AlertEvent]] = {}
     for ev in events:
         groups.setdefault((*ev.key, ev.late), []).append(ev)

@@ -419,20 +419,16 @@ class FleetEpisodes:
 
 
 def _episode(ri: list[int], rf: list[float]) -> Episode:
+    closed = ri[kn.M_CLOSED]
+    # Positional, in field order (the hot path: one per event).
     return Episode(
-        number=ri[kn.M_NUMBER],
-        started_at_ms=ri[kn.M_STARTED],
-        opened_at_ms=ri[kn.M_OPENED],
-        last_met_ms=ri[kn.M_LAST_MET],
-        closed_at_ms=_opt(ri[kn.M_CLOSED]),
-        late=bool(ri[kn.M_LATE]),
-        max_value=rf[kn.A_MAX],
-        tag_at_max=rf[kn.A_TAG],
-        start_lon=rf[kn.A_START_LON],
-        start_lat=rf[kn.A_START_LAT],
-        end_lon=rf[kn.A_END_LON],
-        end_lat=rf[kn.A_END_LAT],
-        path_m=rf[kn.A_PATH],
+        ri[kn.M_NUMBER],
+        ri[kn.M_STARTED],
+        ri[kn.M_OPENED],
+        ri[kn.M_LAST_MET],
+        None if closed == NO_TS else closed,
+        bool(ri[kn.M_LATE]),
+        *rf,
     )
 
 

@@ -74,6 +74,7 @@ from typing import Any, ClassVar, Final
 import numpy as np
 import numpy.typing as npt
 
+from alerts._offline import by_device_then_time, heard_fast
 from alerts.episodes import (
     Action,
     Episode,
@@ -823,25 +824,37 @@ class DeviceOffline:
         out: dict[int, list[AlertEvent]] = {}
         if hs.size == 0:
             return out
-        order = np.lexsort((hs, dev))
-        hs, dev = hs[order], dev[order]
-        starts = np.flatnonzero(np.r_[True, dev[1:] != dev[:-1]])
-        stops = np.r_[starts[1:], hs.shape[0]]
-        gaps = np.r_[0, np.diff(hs)]
-        gaps[starts] = 0
-        max_gap_a = np.maximum.reduceat(gaps, starts)
         lateness_ms = round(self.lateness_s * 1000)
         if book is not None:
-            g = dev[starts]
-            first_a, last_a = hs[starts], hs[stops - 1]
-            prev = book._base(g)
-            thr = book.thr[g]
-            fast = book.simple[g] & (max_gap_a <= thr) & (first_a > prev) & (first_a - prev <= thr)
-            fg = g[fast]
-            book.last[fg] = last_a[fast]
-            book.wm[fg] = np.maximum(book.wm[fg], last_a[fast] - lateness_ms)
-            slow = ~fast
-            starts, stops, max_gap_a = starts[slow], stops[slow], max_gap_a[slow]
+            order = by_device_then_time(dev, hs)
+            hs, dev = hs[order], dev[order]
+            lo_a = np.empty(hs.shape[0], np.int64)
+            hi_a = np.empty(hs.shape[0], np.int64)
+            ns = heard_fast(
+                dev,
+                hs,
+                book.simple,
+                book.last,
+                book.wm,
+                book.since,
+                book.thr,
+                lateness_ms,
+                lo_a,
+                hi_a,
+            )
+            starts, stops = lo_a[:ns], hi_a[:ns]
+            max_gap_a = np.asarray(
+                [int(np.diff(hs[a:b]).max(initial=0)) for a, b in zip(starts, stops, strict=True)],
+                np.int64,
+            )
+        else:
+            order = np.lexsort((hs, dev))
+            hs, dev = hs[order], dev[order]
+            starts = np.flatnonzero(np.r_[True, dev[1:] != dev[:-1]])
+            stops = np.r_[starts[1:], hs.shape[0]]
+            gaps = np.r_[0, np.diff(hs)]
+            gaps[starts] = 0
+            max_gap_a = np.maximum.reduceat(gaps, starts)
         max_gap = max_gap_a.tolist()
         for d, lo, hi, mg in zip(
             dev[starts].tolist(), starts.tolist(), stops.tolist(), max_gap, strict=True

@@ -831,3 +831,28 @@ def test_episode_advance_many_skips_quiet_states_but_moves_their_watermark() -> 
     got = rule.advance_many(states, watermark_ms=T0 + 11_000)
     assert [(d, [e.action for e in evs]) for d, evs in got.items()] == [(0, ["open"])]
     assert states[1].watermark_ms == T0 + 11_000
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    action=st.sampled_from(["open", "update", "close"]),
+    ended=st.sampled_from([None, 1_790_000_050_000]),
+    late=st.booleans(),
+)
+def test_coalesce_of_one_event_is_the_general_rule(action, ended, late) -> None:
+    """The one-event fast path gives what the grouping loop gives."""
+    from alerts.engine import coalesce
+
+    ev = AlertEvent(
+        kind="speeding",
+        action=action,
+        number=3,
+        source=None,
+        started_at_ms=1_790_000_000_000,
+        ended_at_ms=ended if action != "open" else None,
+        at_ms=1_790_000_040_000,
+        late=late,
+        details={"max_speed_kmh": 70.0},
+    )
+    # Two identical events take the general path and must reduce to the same one.
+    assert coalesce([ev]) == coalesce([ev, ev])[-1:]
