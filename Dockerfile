@@ -20,7 +20,12 @@ COPY alerts ./alerts
 COPY api ./api
 COPY --from=web /src/api/static/vendor ./api/static/vendor
 COPY simulators ./simulators
-RUN pip install . && useradd --system --uid 10001 anxiao
+# The compiled rule and geofence kernels (Numba) go into a cache at build time, so
+# the service starts without compiling; the cache is readable by the service user.
+ENV NUMBA_CACHE_DIR=/app/.numba-cache
+RUN pip install . && useradd --system --uid 10001 anxiao \
+ && python -c 'from alerts.engine import warm_up; warm_up()' \
+ && chmod -R a+rX /app/.numba-cache
 USER anxiao
 EXPOSE 8420
 ENTRYPOINT ["anxiao"]
