@@ -39,7 +39,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from core.jit import jit
+from core.jit import jit, prefetch
 
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
 
@@ -150,6 +150,10 @@ P_PROGRESS: Final = 5
 P_SKIP_UNDUE: Final = 6
 P_PROGRESS_EVERY: Final = 7  # ms; 0: every change
 NP_: Final = 8
+
+#: Groups ahead whose state row, and buffer slots, feed_groups prefetches.
+_AHEAD_ROW: Final = 16
+_AHEAD_BUF: Final = 8
 
 # Group status.
 DONE: Final = 0
@@ -678,9 +682,21 @@ def feed_groups(
     """
     cap = bts.shape[1]
     lateness = p[P_LATENESS]
-    for g in range(g0, dev.shape[0]):
+    ng = dev.shape[0]
+    for g in range(g0, ng):
         if no + per_device > oi.shape[0]:
             return g, no
+        # Rows are far apart in memory: ask for the rows a few groups ahead now, so
+        # their cache misses overlap this group's work (the state row first, then,
+        # once it is in, the buffer slots it points to).
+        if g + _AHEAD_ROW < ng:
+            prefetch(si, dev[g + _AHEAD_ROW] * NI)
+        if g + _AHEAD_BUF < ng:
+            d2 = dev[g + _AHEAD_BUF]
+            slot = d2 * cap + si[d2, I_NBUF]
+            prefetch(bts, slot)
+            prefetch(bf, slot * 4)
+            prefetch(bk, slot * 3)
         d = dev[g]
         a = lo[g]
         b = hi[g]
