@@ -24,7 +24,7 @@ COPY simulators ./simulators
 # the service starts without compiling; the cache is readable by the service user.
 ENV NUMBA_CACHE_DIR=/app/.numba-cache
 RUN pip install . && useradd --system --uid 10001 anxiao \
- && python -c 'from alerts.engine import warm_up; warm_up()' \
+ && python -c 'from alerts.warm import warm_up; warm_up()' \
  && chmod -R a+rX /app/.numba-cache
 USER anxiao
 EXPOSE 8420

@@ -50,7 +50,7 @@ run: migrate web
 
 test: venv stack-up web
 	@# Compile the Numba kernels into their cache once, not in every test's first call.
-	$(BIN)/python -c 'from alerts.fleet import warm_up; warm_up()'
+	$(BIN)/python -c 'from alerts.warm import warm_up; warm_up()'
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 check: venv

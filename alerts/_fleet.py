@@ -211,7 +211,7 @@ def _reset_aggregates(ci: _I64, cf: _F64) -> None:
     ci[I_LATE] = 0
 
 
-@_inline
+@jit
 def _scalar_pass(
     ci: _I64,
     cf: _F64,
@@ -366,7 +366,7 @@ def _emit(oi: _I64, of: _F64, no: int, d: int, action: int, mi: _I64, mf: _F64, 
     return no + 1
 
 
-@_inline
+@jit
 def _reconcile(
     d: int,
     si: _I64,
@@ -473,7 +473,7 @@ def _reconcile(
     return no
 
 
-@_inline
+@jit
 def _settle(
     d: int,
     si: _I64,

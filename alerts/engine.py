@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alerts.episodes import EpisodeState, Parking
-from alerts.fleet import NO_TS, FleetEpisodes, warm_up
+from alerts.fleet import NO_TS, FleetEpisodes
 from alerts.geometry import Filing, FilingIndex, FleetGeometry, next_window_start, window_end
 from alerts.rules import (
     AlertEvent,
@@ -55,6 +55,7 @@ from alerts.rules import (
     Speeding,
 )
 from alerts.store import EpisodeChange
+from alerts.warm import warm_up
 from core.registry import Registry
 from core.settings import Settings
 from geofence import speed_limit_kmh
@@ -189,7 +190,7 @@ class AlertEngine:
         filings: Iterable[Filing] = (),
         now_ms: Callable[[], int] | None = None,
     ) -> None:
-        warm_up()  # compile the kernels now, not on the first batch
+        warm_up()  # compile every kernel now, not on the first batch
         self.rules = rules
         self.clock: Clock = clock
         self._wall_ms = now_ms or (lambda: int(dt.datetime.now(dt.UTC).timestamp() * 1000))
