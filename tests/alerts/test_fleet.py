@@ -228,3 +228,108 @@ def test_fold_sees_each_episode_opened_once() -> None:
     (ep,) = fold(events).values()
     assert (ep.number, ep.started_at_ms, ep.last_met_ms) == (1, T0, T0 + 20_000)
     assert ep.closed_at_ms == T0 + 35_000 and ep.max_value == 74.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rules_give_the_same_alerts_through_the_fleet(seed: int) -> None:
+    """Speeding, route deviation and out of hours, fed and ticked with and without a fleet."""
+    from alerts.fleet import NO_TS as NONE
+    from alerts.rules import OutOfHours, RouteDeviation, Speeding
+
+    rng = np.random.default_rng(seed)
+    n_dev, n_batches, per = 5, 80, 10
+    speeding = Speeding(lateness_s=30, progress_every_s=float(seed % 3) * 10)
+    deviation = RouteDeviation(lateness_s=30)
+    ooh = OutOfHours(lateness_s=30)
+    ids = ["R-a", "R-b", "R-c"]
+    fleets = {
+        n: FleetEpisodes(r.detector, capacity=4)
+        for n, r in [("s", speeding), ("d", deviation), ("o", ooh)]
+    }
+    plain = {n: [EpisodeState() for _ in range(n_dev)] for n in fleets}
+    rows = {n: [EpisodeState() for _ in range(n_dev)] for n in fleets}
+    t = T0
+    made: dict[str, int] = {}
+    for _ in range(n_batches):
+        dev = rng.integers(0, n_dev, per)
+        ts = t + rng.integers(0, 40_000, per)  # some beyond the lateness: late lanes
+        t += 5_000
+        # Conditions that last (runs of minutes per device), with some noise.
+        phase = (ts // 70_000 + dev) % 3
+        speed = np.where(phase == 0, 90.0, np.where(phase == 1, 3.0, 40.0))
+        speed = np.where(rng.uniform(0, 1, per) < 0.1, 65.0, speed)
+        limit = rng.choice([np.nan, 60.0, 60.0, 30.0], per)
+        lon = 120.7 + rng.uniform(0, 0.01, per)
+        lat = 31.3 + rng.uniform(0, 0.01, per)
+        window = (ts // 200_000 + dev) % 4 != 0
+        inside = (ts // 90_000 + dev) % 2 == 0
+        dist = rng.uniform(0, 300, per)
+        route = rng.integers(0, 3, per)
+        common = {"device": dev, "ts_ms": ts, "lon_deg": lon, "lat_deg": lat}
+        for fleet_kw, states in ((None, plain), ("fleet", rows)):
+            got = [
+                speeding.feed_many(
+                    states["s"],
+                    speed_kmh=speed,
+                    limit_kmh=limit,
+                    **common,
+                    **({} if fleet_kw is None else {"fleet": fleets["s"]}),
+                ),
+                deviation.feed_many(
+                    states["d"],
+                    distance_m=dist,
+                    in_service_window=window,
+                    school_day=window,
+                    within_corridor=inside,
+                    route_index=route,
+                    route_ids=ids,
+                    **common,
+                    **({} if fleet_kw is None else {"fleet": fleets["d"]}),
+                ),
+                ooh.feed_many(
+                    states["o"],
+                    speed_kmh=speed,
+                    in_service_window=~window,
+                    school_day=np.ones(per, bool),
+                    **common,
+                    **({} if fleet_kw is None else {"fleet": fleets["o"]}),
+                ),
+            ]
+            if fleet_kw is None:
+                want = got
+        assert got == want
+        for found in got:
+            for evs in found.values():
+                for ev in evs:
+                    made[ev.kind] = made.get(ev.kind, 0) + 1
+        # A tick: every device that is not quiet, with a cut for deviation.
+        keys = np.arange(n_dev)
+        wm = np.full(n_dev, t - 30_000, np.int64)
+        cut = np.where(keys % 2 == 0, t - 31_000, NONE)
+        want_tick = {}
+        for name, rule in (("s", speeding), ("d", deviation), ("o", ooh)):
+            out = {}
+            for d in range(n_dev):
+                st_ = plain[name][d]
+                if st_.quiet:
+                    continue
+                if name == "d":
+                    evs = rule.advance(
+                        st_,
+                        watermark_ms=int(wm[d]),
+                        window_end_ms=None if cut[d] == NONE else int(cut[d]),
+                        route_ids=ids,
+                    )
+                else:
+                    evs = rule.advance(st_, watermark_ms=int(wm[d]))
+                if evs:
+                    out[d] = evs
+            want_tick[name] = out
+        got_tick = {
+            "s": speeding.advance_fleet(fleets["s"], rows["s"], keys, wm),
+            "d": deviation.advance_route_fleet(fleets["d"], rows["d"], keys, wm, cut, ids),
+            "o": ooh.advance_fleet(fleets["o"], rows["o"], keys, wm),
+        }
+        assert got_tick == want_tick
+    # Each rule had something to say (the comparison is not between two silences).
+    assert set(made) == {"speeding", "route_deviation", "out_of_hours"}, made
