@@ -314,7 +314,7 @@ def test_rules_give_the_same_alerts_through_the_fleet(seed: int) -> None:
                 if st_.quiet:
                     continue
                 if name == "d":
-                    evs = rule.advance(
+                    evs = deviation.advance(
                         st_,
                         watermark_ms=int(wm[d]),
                         window_end_ms=None if cut[d] == NONE else int(cut[d]),
