@@ -13,10 +13,9 @@ The Python detector is the reference: property tests feed both the same
 readings and compare every event. Comments name the Python lines each part
 follows.
 
-Layout (``R`` devices, ``C`` readings buffered per device, ``E = C + 2``
-emitted episodes per device, which is always enough: an emitted episode is
-kept only while active or closed at or after the watermark, and each such
-close is at a different buffered reading, or at a gap or the final pass):
+Layout (``R`` devices, ``C`` readings buffered per device, ``E`` emitted
+episodes per device; see :func:`_room` for why a settle never keeps more
+than ``E``):
 
 * ``si`` int64 ``[R, NI]``, ``sf`` float64 ``[R, NF]``: the core (``I_*``,
   ``F_*`` columns) and the bookkeeping of :class:`EpisodeState`.
@@ -157,7 +156,10 @@ _AHEAD_BUF: Final = 8
 
 # Group status.
 DONE: Final = 0
+#: Not touched: the Python detector takes the whole group (or tick).
 TO_PYTHON: Final = 1
+#: Readings merged and watermark moved; the Python detector settles the state.
+TO_SETTLE: Final = 2
 
 _EARTH_RADIUS_M: Final = 6_371_008.8
 
@@ -464,6 +466,9 @@ def _reconcile(
             for f in range(MF):
                 kf[nk, f] = sf1[f]
             nk += 1
+    if nk > mi.shape[1]:
+        # _room's bound guarantees this never happens; never write past the row.
+        raise RuntimeError("FleetEpisodes: more episodes kept than a row holds")
     for r in range(nk):
         for f in range(MI):
             mi[d, r, f] = ki[r, f]
@@ -635,9 +640,31 @@ def scratch(capacity: int) -> tuple[_I64, _F64, _I64, _I64, _F64, _I64, _F64, _I
     )
 
 
-def events_per_device(capacity: int) -> int:
+def events_per_device(capacity: int, emitted: int) -> int:
     """Most events one device's settle can write (opens and closes of two passes, orphans)."""
-    return 2 * (2 * capacity + 4) + capacity + 2
+    return 2 * (2 * capacity + 4) + emitted
+
+
+@_inline
+def _room(d: int, si: _I64, bts: _I64, bk: _I8, p: _I64, emitted: int) -> bool:
+    """Whether a settle of row ``d`` keeps at most ``emitted`` episodes (else: Python settles).
+
+    A settle keeps the episodes still active or closed at or after the
+    watermark. Those are: the open one (final or continued), one closed by a
+    silence after the final readings, the candidate of the final readings
+    opening in the tail, and one per meeting run starting in the tail, so at
+    most 3 + the meeting runs that start in the buffer (a run starts at a
+    meeting reading after a non-meeting one, the buffer's start, or a gap).
+    """
+    gap_ms = p[P_GAP]
+    runs = 0
+    prev_met = False
+    for i in range(si[d, I_NBUF]):
+        met = bk[d, i, 0] == MET
+        if met and (not prev_met or (gap_ms >= 0 and i > 0 and bts[d, i] - bts[d, i - 1] > gap_ms)):
+            runs += 1
+        prev_met = met
+    return runs + 3 <= emitted
 
 
 @jit
@@ -756,6 +783,9 @@ def feed_groups(
             # Nothing under way and nothing meeting the condition: nothing can be
             # decided, so the readings just wait (EpisodeDetector._feed's quiet case).
             continue
+        if not _room(d, si, bts, bk, p, mi.shape[1]):
+            status[g] = TO_SETTLE
+            continue
         no = _settle(
             d, si, sf, bts, bf, bk, mi, mf, p, xi, xf, cert, ci2, cf2, ki, kf, si1, sf1, oi, of, no
         )
@@ -837,6 +867,9 @@ def advance_rows(
             _insert(d, si, bts, bf, bk, cut_ms, virt_f, virt_k)
         if si[d, I_WM] == NO_TS or wm > si[d, I_WM]:
             si[d, I_WM] = wm
+        if not _room(d, si, bts, bk, p, mi.shape[1]):
+            status[g] = TO_SETTLE
+            continue
         no = _settle(
             d, si, sf, bts, bf, bk, mi, mf, p, xi, xf, cert, ci2, cf2, ki, kf, si1, sf1, oi, of, no
         )
