@@ -150,7 +150,7 @@ class _States:
             "speeding": FleetEpisodes(rules.speeding.detector),
             "deviation": FleetEpisodes(rules.deviation.detector),
             "out_of_hours": FleetEpisodes(rules.out_of_hours.detector),
-            "panic": FleetEpisodes(rules.panic.bit_detector),
+            "panic": FleetEpisodes(rules.panic.bit_detector, positions=False),
         }
         #: ``panic[k].bit`` for every device, in key order (the panic fleet's states).
         self.panic_bits: list[EpisodeState] = []
@@ -722,7 +722,7 @@ class AlertEngine:
             state = self.states.panic[key]
             panic = self.states.fleet["panic"]
             panic.ensure(len(self.states.panic))
-            panic.evict(key, state.bit)  # its newest time counts
+            panic.take(key, state.bit)  # its newest time counts
             self.rules.panic.resolve(state, at_ms=at_ms)
             panic.admit(key, state.bit)
 

@@ -72,7 +72,8 @@ rule, source, number).
 :meth:`EpisodeDetector.feed_many` does the same for a batch of many devices
 at once (an ingest commit): arrays are prepared once, and a device with
 nothing under way and no reading meeting the condition only has its
-readings kept aside (merged and trimmed every ``_COMPACT_AT`` readings), so
+readings kept aside (merged and trimmed once as many have piled up as are
+buffered, at least ``_COMPACT_AT``), so
 quiet devices cost a few microseconds each and no pass.
 
 Engine usage, per device and rule::
@@ -559,6 +560,17 @@ class EpisodeDetector:
         n = len(batch)
         if dev.shape != (n,):
             raise ValueError(f"device: expected shape ({n},), got {dev.shape}")
+        return self._feed_many(states, dev, batch, parking)
+
+    def _feed_many(
+        self,
+        states: Sequence[EpisodeState],
+        dev: _I64,
+        batch: Buf,
+        parking: Parking | None,
+    ) -> dict[int, list[EpisodeEvent]]:
+        """:meth:`feed_many` of readings already in a :class:`Buf`."""
+        n = len(batch)
         out: dict[int, list[EpisodeEvent]] = {}
         if n == 0:
             return out
@@ -617,7 +629,7 @@ class EpisodeDetector:
                     st.watermark_ms = wm
                 st.pending.append(part)
                 st.pending_n += hi - lo
-                if st.pending_n + len(st.buf) > _COMPACT_AT:
+                if _compact_due(st):
                     self._settle(st, counter=st)
                 if parking is not None:
                     parking.park(d, st)
@@ -759,7 +771,7 @@ class EpisodeDetector:
                 # only when a meeting reading comes or enough have piled up.
                 state.pending.append(batch)
                 state.pending_n += len(batch)
-                if state.pending_n + len(state.buf) > _COMPACT_AT:
+                if _compact_due(state):
                     events += self._settle(state, counter=counter)
             else:
                 state.pending.append(batch)
@@ -918,6 +930,17 @@ class EpisodeDetector:
             j += 1
         state.emitted = keep
         return out
+
+
+def _compact_due(state: EpisodeState) -> bool:
+    """Whether a quiet state's kept-aside readings should be merged and trimmed now.
+
+    When more have piled up than the buffer holds (and at least
+    ``_COMPACT_AT``): a device reporting many times a second keeps hundreds
+    of readings within the lateness, and merging them on every batch would
+    cost that much each time. When it happens changes nothing observable.
+    """
+    return state.pending_n > max(_COMPACT_AT, len(state.buf))
 
 
 def _snapshot(ep: Ep, number: int, *, late: bool) -> Episode:

@@ -38,6 +38,7 @@ from alerts.episodes import (
     EpisodeDetector,
     EpisodeEvent,
     EpisodeState,
+    Parking,
     _batch,
     _ms,
 )
@@ -74,7 +75,14 @@ class FleetEpisodes:
     (2.9 KB with the defaults).
     """
 
-    def __init__(self, detector: EpisodeDetector, *, capacity: int = 48, emitted: int = 8) -> None:
+    def __init__(
+        self,
+        detector: EpisodeDetector,
+        *,
+        capacity: int = 48,
+        emitted: int = 8,
+        positions: bool = True,
+    ) -> None:
         if capacity < 2:
             raise ValueError("capacity must be >= 2")
         if emitted < 4:
@@ -82,6 +90,10 @@ class FleetEpisodes:
         self.detector = detector
         self.capacity = capacity
         self.max_emitted = emitted
+        #: Quiet states of devices run by the Python detector (too busy for a row),
+        #: parked in fleet-wide arrays as :meth:`EpisodeDetector.feed_many` does.
+        #: ``positions``: whether the rule's readings carry positions (see Parking).
+        self.parking = Parking(positions=positions)
         close_ms = detector._close_ms
         gap_ms = detector._gap_ms
         self.params: _I64 = np.zeros(kn.NP_, np.int64)
@@ -174,6 +186,8 @@ class FleetEpisodes:
         """Take a plain Python state back into row ``d``; whether it fits (else it stays)."""
         if self.hot[d] or st.late_lane is not None or st.is_late_lane:
             return bool(self.hot[d])
+        if self.parking.is_parked(d):
+            return False  # quiet, and cheap where it is
         if len(st.buf) + st.pending_n > self.capacity or len(st.emitted) > self.max_emitted:
             return False  # (before merging what is kept aside: a busy device stays cheap)
         st._absorb()
@@ -238,10 +252,21 @@ class FleetEpisodes:
             self.evict(d, st)
             self.hot[d] = True
             return st
+        self.parking.unpark(d, states[d])
         return states[d]
+
+    def take(self, d: int, st: EpisodeState) -> None:
+        """Make ``st`` (device ``d``'s state) current: from its row, or unparked.
+
+        Use it before reading or changing the state outside this class; then
+        :meth:`admit` it back.
+        """
+        self.evict(d, st)
+        self.parking.unpark(d, st)
 
     def release(self, states: Sequence[EpisodeState]) -> None:
         """Hand every hot row to its state (before using the states other than through here)."""
+        self.parking.release(states)
         for d in np.flatnonzero(self.hot[: len(states)]).tolist():
             self.evict(d, states[d])
 
@@ -252,7 +277,8 @@ class FleetEpisodes:
         out = kn.quiet_rows(self.si, self.bk, keys)
         cold = np.flatnonzero(~self.hot[keys])
         for g in cold.tolist():
-            out[g] = states[int(keys[g])].quiet
+            d = int(keys[g])
+            out[g] = self.parking.is_parked(d) or states[d].quiet
         return out
 
     def open_last_met(self, keys: _I64, states: Sequence[EpisodeState]) -> _I64:
@@ -269,6 +295,8 @@ class FleetEpisodes:
             active = last[:, kn.M_CLOSED] == NO_TS
             out[g[active]] = last[active, kn.M_LAST_MET]
         for g1 in np.flatnonzero(~self.hot[keys]).tolist():
+            if self.parking.is_parked(int(keys[g1])):
+                continue  # quiet: nothing emitted
             ep = states[int(keys[g1])].open_episode
             if ep is not None:
                 out[g1] = ep.last_met_ms
@@ -304,6 +332,7 @@ class FleetEpisodes:
             batch = batch.take(order)
             dev = dev[order]
         self.ensure(len(states))
+        self.parking.ensure(len(states))
         starts = np.flatnonzero(np.r_[True, dev[1:] != dev[:-1]])
         stops = np.r_[starts[1:], n]
         groups = dev[starts]
@@ -336,20 +365,27 @@ class FleetEpisodes:
             groups.shape[0],
         )
         det = self.detector
-        for g in np.flatnonzero(status != kn.DONE).tolist():
+        for g in np.flatnonzero(status == kn.TO_SETTLE).tolist():
             d = int(groups[g])
             st = states[d]
             self.evict(d, st)
-            if status[g] == kn.TO_SETTLE:
-                # The readings are in and the watermark moved: what _feed does next.
-                events = det._settle(st, counter=st)
-            else:
-                lo, hi = int(starts[g]), int(stops[g])
-                part = Buf(batch.ts[lo:hi].copy(), batch.f[lo:hi].copy(), batch.k[lo:hi].copy())
-                events = det._feed(st, part, counter=st)
+            # The readings are in and the watermark moved: what _feed does next.
+            events = det._settle(st, counter=st)
             if events:
                 out.setdefault(d, []).extend(events)
             self.admit(d, st)
+        cold = np.flatnonzero(status == kn.TO_PYTHON)
+        if cold.size:
+            # Devices the rows cannot hold: the Python detector, with their quiet
+            # states parked (one NumPy pass for all of them, as before the rows).
+            for d in groups[cold].tolist():
+                self.evict(d, states[d])
+            rows = np.repeat(status == kn.TO_PYTHON, stops - starts)
+            found = det._feed_many(states, dev[rows], batch.take(rows), self.parking)
+            for d, events in found.items():
+                out.setdefault(d, []).extend(events)
+            for d in groups[cold].tolist():
+                self.admit(d, states[d])
         return out
 
     def advance_many(
@@ -407,7 +443,7 @@ class FleetEpisodes:
                     out.setdefault(d, []).extend(events)
                 self.admit(d, st)
                 continue
-            if st.quiet:
+            if self.parking.is_parked(d) or st.quiet:
                 self.admit(d, st)
                 continue
             cut = int(cuts[g])
