@@ -38,6 +38,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from alerts._core import ACTIVE, CANDIDATE, CLEAR, CLOSING, END, IDLE, MET
 from core.jit import jit, prefetch
 
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
@@ -58,14 +59,6 @@ NO_TS: Final = int(np.iinfo(np.int64).min)
 #: ``due`` when nothing waits for the watermark.
 NEVER: Final = int(np.iinfo(np.int64).max)
 
-# Codes and phases (alerts._core).
-MET: Final = 1
-CLEAR: Final = -1
-END: Final = -2
-IDLE: Final = 0
-CANDIDATE: Final = 1
-ACTIVE: Final = 2
-CLOSING: Final = 3
 
 # Core and state, int64 columns.
 I_PHASE: Final = 0

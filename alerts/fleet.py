@@ -51,6 +51,10 @@ _BOOL = npt.NDArray[np.bool_]
 
 NO_TS: Final = kn.NO_TS
 _ACTIONS: Final[tuple[Action, Action, Action]] = ("open", "update", "close")
+#: The row arrays and parameters, as the kernels take them.
+_Rows = tuple[
+    "_BOOL", "_I64", "_F64", "_I64", "_F64", "npt.NDArray[np.int8]", "_I64", "_F64", "_I64"
+]
 #: A kernel call: (first group, event ints, event floats, events so far) -> (next group, events).
 _Call = Callable[[int, "_I64", "_F64", int], tuple[int, int]]
 
@@ -339,15 +343,7 @@ class FleetEpisodes:
         status = np.zeros(groups.shape[0], np.int8)
         out = self._run(
             lambda g0, oi, of, no: kn.feed_groups(
-                self.hot,
-                self.si,
-                self.sf,
-                self.bts,
-                self.bf,
-                self.bk,
-                self.mi,
-                self.mf,
-                self.params,
+                *self._rows(),
                 groups,
                 starts,
                 stops,
@@ -366,14 +362,7 @@ class FleetEpisodes:
         )
         det = self.detector
         for g in np.flatnonzero(status == kn.TO_SETTLE).tolist():
-            d = int(groups[g])
-            st = states[d]
-            self.evict(d, st)
-            # The readings are in and the watermark moved: what _feed does next.
-            events = det._settle(st, counter=st)
-            if events:
-                out.setdefault(d, []).extend(events)
-            self.admit(d, st)
+            self._settle_in_python(int(groups[g]), states, out)
         cold = np.flatnonzero(status == kn.TO_PYTHON)
         if cold.size:
             # Devices the rows cannot hold: the Python detector, with their quiet
@@ -409,15 +398,7 @@ class FleetEpisodes:
         status = np.zeros(dev.shape[0], np.int8)
         out = self._run(
             lambda g0, oi, of, no: kn.advance_rows(
-                self.hot,
-                self.si,
-                self.sf,
-                self.bts,
-                self.bf,
-                self.bk,
-                self.mi,
-                self.mf,
-                self.params,
+                *self._rows(),
                 dev,
                 wms,
                 cuts,
@@ -437,11 +418,7 @@ class FleetEpisodes:
             st = states[d]
             self.evict(d, st)
             if status[g] == kn.TO_SETTLE:
-                # The cut is in and the watermark moved: what advance does next.
-                events = det._settle(st, counter=st)
-                if events:
-                    out.setdefault(d, []).extend(events)
-                self.admit(d, st)
+                self._settle_in_python(d, states, out)
                 continue
             if self.parking.is_parked(d) or st.quiet:
                 self.admit(d, st)
@@ -452,6 +429,35 @@ class FleetEpisodes:
                 out.setdefault(d, []).extend(events)
             self.admit(d, st)
         return out
+
+    def _rows(self) -> _Rows:
+        """The row arrays and parameters, in the kernels' argument order."""
+        return (
+            self.hot,
+            self.si,
+            self.sf,
+            self.bts,
+            self.bf,
+            self.bk,
+            self.mi,
+            self.mf,
+            self.params,
+        )
+
+    def _settle_in_python(
+        self, d: int, states: Sequence[EpisodeState], out: dict[int, list[EpisodeEvent]]
+    ) -> None:
+        """Settle a row the kernel left at ``TO_SETTLE`` in Python.
+
+        Its readings are in and its watermark moved (what ``_feed`` and
+        ``advance`` do first); only the settle was too big for the row.
+        """
+        st = states[d]
+        self.evict(d, st)
+        events = self.detector._settle(st, counter=st)
+        if events:
+            out.setdefault(d, []).extend(events)
+        self.admit(d, st)
 
     def _run(self, call: _Call, groups: int) -> dict[int, list[EpisodeEvent]]:
         """Call a kernel until every group is done, growing the event arrays as needed."""

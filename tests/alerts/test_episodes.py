@@ -47,20 +47,28 @@ def feed_many(
     parking: Parking | None,
 ) -> dict[int, list[EpisodeEvent]]:
     """Feed ``(arrival, device, reading)`` triples of many devices as one batch."""
+    device, ts, meets, columns = many_columns(part)
+    return det.feed_many(states, device, ts, meets, **columns, parking=parking)
+
+
+def many_columns(
+    part: list[tuple[int, int, Reading]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``feed_many``'s device, ts and meets arrays, and its keyword columns, of triples."""
     rs = [r for _, _, r in part]
-    return det.feed_many(
-        states,
+    return (
         np.array([d for _, d, _ in part]),
         np.array([r.ts for r in rs], np.int64),
         np.array([r.code == MET for r in rs]),
-        clears=np.array([r.code == CLEAR for r in rs]),
-        ends=np.array([r.code == END for r in rs]),
-        value=np.array([r.value for r in rs]),
-        tag=np.array([r.tag for r in rs]),
-        lon_deg=np.array([r.lon for r in rs]),
-        lat_deg=np.array([r.lat for r in rs]),
-        backfill=np.array([r.backfill for r in rs]),
-        parking=parking,
+        {
+            "clears": np.array([r.code == CLEAR for r in rs]),
+            "ends": np.array([r.code == END for r in rs]),
+            "value": np.array([r.value for r in rs]),
+            "tag": np.array([r.tag for r in rs]),
+            "lon_deg": np.array([r.lon for r in rs]),
+            "lat_deg": np.array([r.lat for r in rs]),
+            "backfill": np.array([r.backfill for r in rs]),
+        },
     )
 
 

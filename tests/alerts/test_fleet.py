@@ -14,7 +14,7 @@ from alerts import _core
 from alerts.episodes import EpisodeDetector, EpisodeEvent, EpisodeState
 from alerts.fleet import NO_TS, FleetEpisodes
 from tests.alerts.reference import CLEAR, END, MET, NEUTRAL, Reading
-from tests.alerts.test_episodes import T0, detectors, feed, fold, streams
+from tests.alerts.test_episodes import T0, detectors, feed, fold, many_columns, streams
 
 PROP = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -33,20 +33,8 @@ def _scalar_reference() -> Iterator[None]:
 def fleet_feed(
     fleet: FleetEpisodes, states: list[EpisodeState], part: list[tuple[int, int, Reading]]
 ) -> dict[int, list[EpisodeEvent]]:
-    rs = [r for _, _, r in part]
-    return fleet.feed_many(
-        states,
-        np.array([d for _, d, _ in part]),
-        np.array([r.ts for r in rs], np.int64),
-        np.array([r.code == MET for r in rs]),
-        clears=np.array([r.code == CLEAR for r in rs]),
-        ends=np.array([r.code == END for r in rs]),
-        value=np.array([r.value for r in rs]),
-        tag=np.array([r.tag for r in rs]),
-        lon_deg=np.array([r.lon for r in rs]),
-        lat_deg=np.array([r.lat for r in rs]),
-        backfill=np.array([r.backfill for r in rs]),
-    )
+    device, ts, meets, columns = many_columns(part)
+    return fleet.feed_many(states, device, ts, meets, **columns)
 
 
 def keyed(events: list[EpisodeEvent]) -> list[tuple[object, ...]]:
