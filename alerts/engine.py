@@ -38,7 +38,7 @@ import numpy.typing as npt
 
 from alerts.episodes import EpisodeState, Parking
 from alerts.fleet import NO_TS, FleetEpisodes
-from alerts.geometry import Filing, FilingIndex, FleetGeometry, next_window_start, window_end
+from alerts.geometry import Filing, FilingIndex, FleetGeometry, WindowEdges
 from alerts.rules import (
     AlertEvent,
     ClockSkew,
@@ -76,8 +76,6 @@ _SPEED_GAP_MS: Final = 60_000
 _TICK_EVERY_MS: Final = 1_000
 #: Kinds whose rules the tick runs device by device (:meth:`AlertEngine._advance_other_rules`).
 _PY_KINDS: Final = frozenset({"smoke_alarm", "clock_skew", "panic_button", "device_fault"})
-#: Service-window edges memoized per (bus, minute) before the memo is emptied.
-_EDGE_CACHE_MAX: Final = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +216,11 @@ class AlertEngine:
         self.geometry = FleetGeometry(registry)
         self.filings = FilingIndex(self._filings, self.geometry)
         self._route_ids: list[str] = []
-        #: Memo of :meth:`_window_edge`.
-        self._edges: dict[tuple[bool, int, int], int | None] = {}
+        #: Service-window edges of open episodes: deviation's window end, out of hours' next start.
+        self._edges = (
+            WindowEdges(self.geometry, start=False),
+            WindowEdges(self.geometry, start=True),
+        )
         self.set_registry(registry)
 
     # -- configuration ---------------------------------------------------------------------
@@ -228,7 +229,10 @@ class AlertEngine:
         """A new fleet: prepare its geometry; keep every known device's state."""
         self.registry = registry
         self.geometry = FleetGeometry(registry)
-        self._edges = {}
+        self._edges = (
+            WindowEdges(self.geometry, start=False),
+            WindowEdges(self.geometry, start=True),
+        )
         self.filings = FilingIndex(self._filings, self.geometry)
         self._route_ids = [*self.geometry.route_ids, *self.filings.detour_route_ids]
         self._offline_keys = None
@@ -638,27 +642,12 @@ class AlertEngine:
         episode, no bus, no such edge or the watermark has not passed it yet.
         """
         cuts = np.full(last_met.shape[0], NO_TS, np.int64)
-        for g in np.flatnonzero((last_met != NO_TS) & (buses >= 0)).tolist():
-            edge = self._window_edge(start, int(buses[g]), int(last_met[g]))
-            if edge is not None and edge <= wm[g]:
-                cuts[g] = edge
+        g = np.flatnonzero((last_met != NO_TS) & (buses >= 0))
+        if g.size:
+            edge = self._edges[int(start)].at(buses[g], last_met[g])
+            ok = (edge != NO_TS) & (edge <= wm[g])
+            cuts[g[ok]] = edge[ok]
         return cuts
-
-    def _window_edge(self, start: bool, bus: int, ts_ms: int) -> int | None:
-        """End of the bus's window containing ``ts_ms``, or (``start``) the next window's start.
-
-        Windows begin and end on whole local minutes, so both are the same for
-        every time within one minute: memoized per (bus, minute).
-        """
-        key = (start, bus, ts_ms // 60_000)
-        edges = self._edges
-        if key in edges:
-            return edges[key]
-        if len(edges) >= _EDGE_CACHE_MAX:
-            edges.clear()
-        found = (next_window_start if start else window_end)(self.geometry, bus, ts_ms)
-        edges[key] = found
-        return found
 
     def _advance_offline(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
         if self._offline_keys is None:

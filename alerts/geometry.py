@@ -36,7 +36,14 @@ from geofence import (
     service_window_mask,
 )
 
-__all__ = ["Filing", "FilingIndex", "FleetGeometry", "next_window_start", "window_end"]
+__all__ = [
+    "Filing",
+    "FilingIndex",
+    "FleetGeometry",
+    "WindowEdges",
+    "next_window_start",
+    "window_end",
+]
 
 _F64 = npt.NDArray[np.float64]
 _I64 = npt.NDArray[np.int64]
@@ -46,6 +53,10 @@ _BOOL = npt.NDArray[np.bool_]
 _NO_ORIGIN: Final = (0.0, 0.0)
 #: Corridor of a detour path, metres (the filing has none of its own).
 DETOUR_CORRIDOR_M: Final = 100.0
+#: ``None`` in int64 time columns (as :data:`alerts.fleet.NO_TS`).
+_NO_TS: Final = int(np.iinfo(np.int64).min)
+_DAY_MS: Final = 86_400_000
+_MINUTE_MS: Final = 60_000
 
 
 def _ms(value: dt.datetime | None) -> int | None:
@@ -342,3 +353,55 @@ def next_window_start(
         if starts:
             return starts[0]
     return None
+
+
+class WindowEdges:
+    """:func:`window_end` (or, ``start``, :func:`next_window_start`) for many (bus, time) pairs.
+
+    Within one local day, whether a window applies changes only at the
+    windows' own start and end minutes, so both edges are the same for every
+    time between two consecutive such minutes (a stretch). Each bus remembers
+    its last stretch and edge, so a tick finds the edges of every open
+    episode in a few NumPy steps and computes one only when an episode's
+    time has moved into another stretch. A day that is not 24 hours long (a
+    daylight-saving change) uses one-minute stretches.
+    """
+
+    def __init__(self, geometry: FleetGeometry, *, start: bool) -> None:
+        self.geometry = geometry
+        self.start = start
+        self._tz = ZoneInfo(geometry.tz)
+        n = len(geometry.windows_doc)
+        # [lo, hi) of each bus's remembered stretch (empty at first) and its edge.
+        self._lo: _I64 = np.zeros(n, np.int64)
+        self._hi: _I64 = np.zeros(n, np.int64)
+        self._edge: _I64 = np.full(n, _NO_TS, np.int64)
+        self._minutes: dict[int, list[int]] = {}
+
+    def at(self, bus: _I64, ts_ms: _I64) -> _I64:
+        """The edge per pair (epoch ms; :data:`alerts.fleet.NO_TS` for none)."""
+        hit = (self._lo[bus] <= ts_ms) & (ts_ms < self._hi[bus])
+        out: _I64 = self._edge[bus]
+        for i in np.flatnonzero(~hit).tolist():
+            b, t = int(bus[i]), int(ts_ms[i])
+            found = (next_window_start if self.start else window_end)(self.geometry, b, t)
+            edge = _NO_TS if found is None else found
+            self._lo[b], self._hi[b] = self._stretch(b, t)
+            self._edge[b] = out[i] = edge
+        return out
+
+    def _stretch(self, bus: int, ts_ms: int) -> tuple[int, int]:
+        _, midnight = _local_midnight_ms(ts_ms, self._tz)
+        _, next_midnight = _local_midnight_ms(ts_ms, self._tz, 1)
+        if next_midnight - midnight != _DAY_MS:
+            lo = ts_ms - ts_ms % _MINUTE_MS
+            return lo, lo + _MINUTE_MS
+        minutes = self._minutes.get(bus)
+        if minutes is None:
+            doc = self.geometry.windows_doc[bus]
+            edges = {_minutes(w[k]) for w in doc for k in ("start", "end")}
+            minutes = self._minutes[bus] = sorted({0, 24 * 60} | edges)
+        minute = (ts_ms - midnight) // _MINUTE_MS
+        lo_min = max(m for m in minutes if m <= minute)
+        hi_min = min((m for m in minutes if m > minute), default=24 * 60)
+        return midnight + lo_min * _MINUTE_MS, min(midnight + hi_min * _MINUTE_MS, next_midnight)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
+import pytest
 
-from alerts.geometry import FleetGeometry
+from alerts.fleet import NO_TS
+from alerts.geometry import FleetGeometry, WindowEdges, next_window_start, window_end
 from core.registry import Bus, Device, Registry, Route
 from geofence import distance_to_routes
 
@@ -100,3 +102,47 @@ def test_empty_batch_and_a_fleet_without_routes() -> None:
     assert bare.sets.n_sets == 0
     got = bare.distances(np.array([1.0]), np.array([2.0]), np.array([-1]))
     assert np.isinf(got.distance_m[0]) and got.route_index[0] == -1
+
+
+@pytest.mark.parametrize("tz", ["Asia/Shanghai", "Europe/Berlin"])
+@pytest.mark.parametrize("start", [False, True])
+def test_window_edges_match_the_scalar_edges(tz: str, start: bool) -> None:
+    # Times walk forward through days and windows as an open episode's would, with
+    # jumps and steps back, over five days; Berlin's Sunday 2026-10-25 has 25 hours.
+    windows = [
+        (),
+        ({"days": "school", "start": "06:30", "end": "08:30"},),
+        (
+            {"days": "school", "start": "06:30", "end": "08:30"},
+            {"days": "weekdays", "start": "15:45", "end": "17:30"},
+            {"days": [6], "start": "09:00", "end": "11:00"},
+        ),
+        ({"days": "daily", "start": "00:00", "end": "23:59"},),
+        ({"days": [7], "start": "06:00", "end": "08:00"},),
+    ]
+    buses = {
+        f"B{i}": Bus(
+            id=f"B{i}",
+            plate=f"B{i}",
+            operator_id=None,
+            school_id=None,
+            route_ids=(),
+            service_windows=w,
+        )
+        for i, w in enumerate(windows)
+    }
+    geometry = FleetGeometry(Registry(timezone=tz, buses=buses))
+    edges = WindowEdges(geometry, start=start)
+    scalar = next_window_start if start else window_end
+    rng = np.random.default_rng(17)
+    t0 = int(dt.datetime(2026, 10, 23, tzinfo=dt.UTC).timestamp() * 1000)
+    steps = rng.choice([1_000, 59_000, 600_000, 1_800_000, 3_600_000, -300_000], size=(400, 6))
+    times = t0 + np.cumsum(steps, axis=0)
+    seen = set()
+    for row in times:
+        bus = rng.integers(0, len(windows), 6)
+        got = edges.at(bus, row)
+        want = [scalar(geometry, int(b), int(t)) for b, t in zip(bus, row, strict=True)]
+        assert got.tolist() == [NO_TS if w is None else w for w in want]
+        seen.update(w is None for w in want)
+    assert seen == {True, False}
