@@ -806,13 +806,15 @@ def episode_key(ev: AlertEvent) -> str:
 
 def to_change(device_id: str, ev: AlertEvent) -> EpisodeChange:
     """An alert event of the rules as a change for :func:`alerts.store.apply_changes`."""
+    ended = ev.ended_at_ms
+    # Positional, in field order (one per change).
     return EpisodeChange(
-        action=ev.action,
-        kind=ev.kind,
-        device_id=device_id,
-        started_at=_dt(ev.started_at_ms),
-        ended_at=None if ev.ended_at_ms is None else _dt(ev.ended_at_ms),
-        details=ev.details,
-        episode_key=episode_key(ev),
-        late=ev.late,
+        ev.action,
+        ev.kind,
+        device_id,
+        _dt(ev.started_at_ms),
+        None if ended is None else _dt(ended),
+        ev.details,
+        episode_key(ev),
+        ev.late,
     )

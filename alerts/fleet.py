@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -43,14 +44,15 @@ from alerts.episodes import (
     _ms,
 )
 
-__all__ = ["NO_TS", "FleetEpisodes"]
+__all__ = ["NO_TS", "FleetEpisodes", "FleetEvents"]
 
 _F64 = npt.NDArray[np.float64]
 _I64 = npt.NDArray[np.int64]
 _BOOL = npt.NDArray[np.bool_]
 
 NO_TS: Final = kn.NO_TS
-_ACTIONS: Final[tuple[Action, Action, Action]] = ("open", "update", "close")
+#: Action of each event code of the kernels.
+ACTIONS: Final[tuple[Action, Action, Action]] = ("open", "update", "close")
 #: The row arrays and parameters, as the kernels take them.
 _Rows = tuple[
     "_BOOL", "_I64", "_F64", "_I64", "_F64", "npt.NDArray[np.int8]", "_I64", "_F64", "_I64"
@@ -65,6 +67,43 @@ def _opt(v: int) -> int | None:
 
 def _ts(v: int | None) -> int:
     return NO_TS if v is None else v
+
+
+@dataclass(frozen=True)
+class FleetEvents:
+    """The events of one kernel run, as columns, and those of the Python detector.
+
+    ``device``, ``action`` (0 open, 1 update, 2 close: :data:`ACTIONS`),
+    ``ints`` (``M_*`` columns of :mod:`alerts._fleet`: number, started,
+    opened, last met, closed or :data:`NO_TS`, late) and ``floats``
+    (max value, tag at max, start lon/lat, end lon/lat, path m) hold one
+    row per event of the rows, in order; ``python`` the events of devices
+    the Python detector ran (a device's events are all in one or the other).
+    :meth:`by_device` gives them as :class:`EpisodeEvent`s; the rules build
+    their alerts from the columns directly (:func:`alerts.rules._alerts_of`).
+    """
+
+    device: _I64
+    action: _I64
+    ints: _I64
+    floats: _F64
+    python: dict[int, list[EpisodeEvent]] = field(default_factory=dict)
+
+    def by_device(self) -> dict[int, list[EpisodeEvent]]:
+        """Every event as an :class:`EpisodeEvent`, per device, in order."""
+        out: dict[int, list[EpisodeEvent]] = {}
+        rows = zip(
+            self.device.tolist(),
+            self.action.tolist(),
+            self.ints.tolist(),
+            self.floats.tolist(),
+            strict=True,
+        )
+        for d, a, ri, rf in rows:
+            out.setdefault(d, []).append(EpisodeEvent(ACTIONS[a], _episode(ri, rf)))
+        for d, events in self.python.items():
+            out.setdefault(d, []).extend(events)
+        return out
 
 
 class FleetEpisodes:
@@ -324,13 +363,43 @@ class FleetEpisodes:
         backfill: npt.ArrayLike | None = None,
     ) -> dict[int, list[EpisodeEvent]]:
         """:meth:`EpisodeDetector.feed_many` (same arguments and results) over the rows."""
+        return self.feed_events(
+            states,
+            device,
+            ts_ms,
+            meets,
+            clears=clears,
+            ends=ends,
+            value=value,
+            tag=tag,
+            lon_deg=lon_deg,
+            lat_deg=lat_deg,
+            backfill=backfill,
+        ).by_device()
+
+    def feed_events(
+        self,
+        states: Sequence[EpisodeState],
+        device: npt.ArrayLike,
+        ts_ms: npt.ArrayLike,
+        meets: npt.ArrayLike,
+        *,
+        clears: npt.ArrayLike | None = None,
+        ends: npt.ArrayLike | None = None,
+        value: npt.ArrayLike | None = None,
+        tag: npt.ArrayLike | None = None,
+        lon_deg: npt.ArrayLike | None = None,
+        lat_deg: npt.ArrayLike | None = None,
+        backfill: npt.ArrayLike | None = None,
+    ) -> FleetEvents:
+        """:meth:`feed_many` with its events as :class:`FleetEvents`."""
         batch = _batch(ts_ms, meets, clears, ends, value, tag, lon_deg, lat_deg, backfill)
         dev = np.asarray(device, np.int64)
         n = len(batch)
         if dev.shape != (n,):
             raise ValueError(f"device: expected shape ({n},), got {dev.shape}")
         if n == 0:
-            return {}
+            return _no_events()
         if n > 1 and not bool((dev[1:] >= dev[:-1]).all()):
             order = np.argsort(dev, kind="stable")
             batch = batch.take(order)
@@ -362,7 +431,7 @@ class FleetEpisodes:
         )
         det = self.detector
         for g in np.flatnonzero(status == kn.TO_SETTLE).tolist():
-            self._settle_in_python(int(groups[g]), states, out)
+            self._settle_in_python(int(groups[g]), states, out.python)
         cold = np.flatnonzero(status == kn.TO_PYTHON)
         if cold.size:
             # Devices the rows cannot hold: the Python detector, with their quiet
@@ -372,7 +441,7 @@ class FleetEpisodes:
             rows = np.repeat(status == kn.TO_PYTHON, stops - starts)
             found = det._feed_many(states, dev[rows], batch.take(rows), self.parking)
             for d, events in found.items():
-                out.setdefault(d, []).extend(events)
+                out.python.setdefault(d, []).extend(events)
             for d in groups[cold].tolist():
                 self.admit(d, states[d])
         return out
@@ -389,9 +458,19 @@ class FleetEpisodes:
         ``watermark_ms`` and ``cut_ms`` (:data:`NO_TS`: no cut) per key. A
         quiet state is skipped, watermark included (as the engine's tick does).
         """
+        return self.advance_events(states, keys, watermark_ms, cut_ms).by_device()
+
+    def advance_events(
+        self,
+        states: Sequence[EpisodeState],
+        keys: npt.ArrayLike,
+        watermark_ms: npt.ArrayLike,
+        cut_ms: npt.ArrayLike | None = None,
+    ) -> FleetEvents:
+        """:meth:`advance_many` with its events as :class:`FleetEvents`."""
         dev = np.asarray(keys, np.int64)
         if dev.size == 0:
-            return {}
+            return _no_events()
         self.ensure(len(states))
         wms = np.asarray(watermark_ms, np.int64)
         cuts = np.full(dev.shape[0], NO_TS, np.int64) if cut_ms is None else np.asarray(cut_ms)
@@ -418,7 +497,7 @@ class FleetEpisodes:
             st = states[d]
             self.evict(d, st)
             if status[g] == kn.TO_SETTLE:
-                self._settle_in_python(d, states, out)
+                self._settle_in_python(d, states, out.python)
                 continue
             if self.parking.is_parked(d) or st.quiet:
                 self.admit(d, st)
@@ -426,7 +505,7 @@ class FleetEpisodes:
             cut = int(cuts[g])
             events = det.advance(st, watermark_ms=int(wms[g]), cut_ms=None if cut == NO_TS else cut)
             if events:
-                out.setdefault(d, []).extend(events)
+                out.python.setdefault(d, []).extend(events)
             self.admit(d, st)
         return out
 
@@ -459,7 +538,7 @@ class FleetEpisodes:
             out.setdefault(d, []).extend(events)
         self.admit(d, st)
 
-    def _run(self, call: _Call, groups: int) -> dict[int, list[EpisodeEvent]]:
+    def _run(self, call: _Call, groups: int) -> FleetEvents:
         """Call a kernel until every group is done, growing the event arrays as needed."""
         size = max(64, 2 * self._per_device)
         oi = np.zeros((size, kn.OI), np.int64)
@@ -475,7 +554,7 @@ class FleetEpisodes:
             grown_i[:no] = oi[:no]
             grown_f[:no] = of[:no]
             oi, of = grown_i, grown_f
-        return _events(oi[:no], of[:no])
+        return FleetEvents(oi[:no, kn.O_DEV], oi[:no, kn.O_ACTION], oi[:no, 2:], of[:no])
 
 
 def _episode(ri: list[int], rf: list[float]) -> Episode:
@@ -492,12 +571,13 @@ def _episode(ri: list[int], rf: list[float]) -> Episode:
     )
 
 
-def _events(oi: _I64, of: _F64) -> dict[int, list[EpisodeEvent]]:
-    out: dict[int, list[EpisodeEvent]] = {}
-    for ri, rf in zip(oi.tolist(), of.tolist(), strict=True):
-        ev = EpisodeEvent(_ACTIONS[ri[kn.O_ACTION]], _episode(ri[2:], rf))
-        out.setdefault(ri[kn.O_DEV], []).append(ev)
-    return out
+def _no_events() -> FleetEvents:
+    return FleetEvents(
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros((0, kn.MI), np.int64),
+        np.zeros((0, kn.MF), np.float64),
+    )
 
 
 _warm = False

@@ -74,6 +74,7 @@ from typing import Any, ClassVar, Final
 import numpy as np
 import numpy.typing as npt
 
+from alerts import _fleet as kn
 from alerts._offline import by_device_then_time, heard_fast
 from alerts.episodes import (
     Action,
@@ -84,7 +85,7 @@ from alerts.episodes import (
     Parking,
     grow_rows,
 )
-from alerts.fleet import FleetEpisodes
+from alerts.fleet import ACTIONS, NO_TS, FleetEpisodes, FleetEvents
 
 __all__ = [
     "GPS_FAULT_BITS",
@@ -246,6 +247,72 @@ def _alerts(
     ]
 
 
+#: Details of every event of :class:`FleetEvents` columns, one dict per event, in order.
+_DetailColumns = Callable[[FleetEvents], list[dict[str, Any]]]
+
+
+def _alerts_of(
+    kind: str,
+    ev: FleetEvents,
+    columns: _DetailColumns,
+    details: Callable[[Episode], dict[str, Any]],
+) -> dict[int, list[AlertEvent]]:
+    """:func:`_alerts` of a fleet run's events per device, details built per column."""
+    out: dict[int, list[AlertEvent]] = {}
+    if ev.device.size:
+        i = ev.ints
+        closed = i[:, kn.M_CLOSED]
+        is_closed = closed != NO_TS
+        action = ev.action
+        # _at: the opening reading, the close, else the latest meeting reading.
+        at = np.where(
+            action == kn.OPEN,
+            i[:, kn.M_OPENED],
+            np.where((action == kn.CLOSE) & is_closed, closed, i[:, kn.M_LAST_MET]),
+        )
+        rows = zip(
+            ev.device.tolist(),
+            action.tolist(),
+            i[:, kn.M_NUMBER].tolist(),
+            i[:, kn.M_STARTED].tolist(),
+            np.where(is_closed, i[:, kn.M_LAST_MET], NO_TS).tolist(),
+            at.tolist(),
+            (i[:, kn.M_LATE] != 0).tolist(),
+            columns(ev),
+            strict=True,
+        )
+        for d, a, number, started, ended, at_ms, late, det in rows:
+            # Positional, in field order (one per event).
+            end = None if ended == NO_TS else ended
+            alert = AlertEvent(kind, ACTIONS[a], number, None, started, end, at_ms, late, det)
+            out.setdefault(d, []).append(alert)
+    for d, evs in ev.python.items():
+        out.setdefault(d, []).extend(_alerts(kind, evs, details))
+    return out
+
+
+def _num_column(values: _F64, digits: int) -> list[float | None]:
+    """:func:`_num` of each value."""
+    return [None if v != v else round(v, digits) for v in values.tolist()]
+
+
+def _pos_column(lon: _F64, lat: _F64) -> list[list[float] | None]:
+    """:func:`_pos` of each pair."""
+    return [
+        None if x != x or y != y else [round(x, 7), round(y, 7)]
+        for x, y in zip(lon.tolist(), lat.tolist(), strict=True)
+    ]
+
+
+def _track_columns(ev: FleetEvents) -> tuple[list[float], list[Any], list[Any]]:
+    """:func:`_track`'s duration, start and end of each event."""
+    i, f = ev.ints, ev.floats
+    duration = [round(s, 3) for s in ((i[:, kn.M_LAST_MET] - i[:, kn.M_STARTED]) / 1000.0).tolist()]
+    start = _pos_column(f[:, kn.A_START_LON], f[:, kn.A_START_LAT])
+    end = _pos_column(f[:, kn.A_END_LON], f[:, kn.A_END_LAT])
+    return duration, start, end
+
+
 def _edge_detector(lateness_s: float) -> EpisodeDetector:
     """A detector of levels: one reading opens, one clears; updates only when the episode moves."""
     return EpisodeDetector(
@@ -300,6 +367,12 @@ class _EpisodeRule:
     def _details(self, ep: Episode) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _detail_columns(
+        self, ev: FleetEvents, route_ids: Sequence[str] | None
+    ) -> list[dict[str, Any]]:
+        """:meth:`_details` of every event of ``ev`` (the same dicts), built per column."""
+        raise NotImplementedError
+
     def advance(self, state: EpisodeState, *, watermark_ms: int) -> list[AlertEvent]:
         """Move the device watermark; return what became certain (no readings needed)."""
         return _alerts(
@@ -321,15 +394,28 @@ class _EpisodeRule:
         watermark_ms: _I64,
         cut_ms: _I64 | None = None,
         details: Callable[[Episode], dict[str, Any]] | None = None,
+        route_ids: Sequence[str] | None = None,
     ) -> dict[int, list[AlertEvent]]:
         """:meth:`advance` of the devices ``keys`` held by ``fleet`` (quiet ones skipped).
 
         ``watermark_ms`` and ``cut_ms`` per key (``cut_ms``: the rule's cut, e.g.
         a service window's end; :data:`alerts.fleet.NO_TS` for none).
         """
-        per = fleet.advance_many(states, keys, watermark_ms, cut_ms)
-        fn = self._details if details is None else details
-        return {d: _alerts(self.kind, evs, fn) for d, evs in per.items()}
+        ev = fleet.advance_events(states, keys, watermark_ms, cut_ms)
+        return self._fleet_alerts(ev, details, route_ids)
+
+    def _fleet_alerts(
+        self,
+        ev: FleetEvents,
+        details: Callable[[Episode], dict[str, Any]] | None,
+        route_ids: Sequence[str] | None,
+    ) -> dict[int, list[AlertEvent]]:
+        return _alerts_of(
+            self.kind,
+            ev,
+            lambda e: self._detail_columns(e, route_ids),
+            self._details if details is None else details,
+        )
 
     def _many(
         self,
@@ -340,11 +426,12 @@ class _EpisodeRule:
         details: Callable[[Episode], dict[str, Any]] | None = None,
         parking: Parking | None = None,
         fleet: FleetEpisodes | None = None,
+        route_ids: Sequence[str] | None = None,
     ) -> dict[int, list[AlertEvent]]:
         if fleet is not None:
-            per = fleet.feed_many(states, device, ts, **cond)
-        else:
-            per = self.detector.feed_many(states, device, ts, **cond, parking=parking)
+            ev = fleet.feed_events(states, device, ts, **cond)
+            return self._fleet_alerts(ev, details, route_ids)
+        per = self.detector.feed_many(states, device, ts, **cond, parking=parking)
         fn = self._details if details is None else details
         return {d: _alerts(self.kind, evs, fn) for d, evs in per.items()}
 
@@ -433,6 +520,23 @@ class Speeding(_EpisodeRule):
             "limit_kmh": _num(ep.tag_at_max, 1),
             **_track(ep),
         }
+
+    def _detail_columns(
+        self, ev: FleetEvents, route_ids: Sequence[str] | None
+    ) -> list[dict[str, Any]]:
+        f = ev.floats
+        duration, start, end = _track_columns(ev)
+        return [
+            {"max_speed_kmh": v, "limit_kmh": lim, "duration_s": s, "start": a, "end": b}
+            for v, lim, s, a, b in zip(
+                _num_column(f[:, kn.A_MAX], 1),
+                _num_column(f[:, kn.A_TAG], 1),
+                duration,
+                start,
+                end,
+                strict=True,
+            )
+        ]
 
 
 # -- 2. route deviation --------------------------------------------------------------------------
@@ -531,6 +635,7 @@ class RouteDeviation(_EpisodeRule):
             lambda ep: self._route_details(ep, ids),
             parking=parking,
             fleet=fleet,
+            route_ids=ids,
         )
 
     def _cond(
@@ -599,6 +704,7 @@ class RouteDeviation(_EpisodeRule):
             watermark_ms,
             window_end_ms,
             lambda ep: self._route_details(ep, ids),
+            route_ids=ids,
         )
 
     def _route_details(self, ep: Episode, ids: Sequence[str] | None) -> dict[str, Any]:
@@ -615,6 +721,24 @@ class RouteDeviation(_EpisodeRule):
             "max_distance_m": None if max_d is None else round(max_d, 1),
             **_track(ep),
         }
+
+    def _detail_columns(
+        self, ev: FleetEvents, route_ids: Sequence[str] | None
+    ) -> list[dict[str, Any]]:
+        # _route_details: the route's id where ids are given and the index is known.
+        f = ev.floats
+        tags = f[:, kn.A_TAG].tolist()
+        ids: Sequence[str] = () if route_ids is None else route_ids
+        routes = [
+            None if t != t or t < 0 else ids[int(t)] if t < len(ids) else int(t) for t in tags
+        ]
+        top = f[:, kn.A_MAX]
+        max_d = _num_column(np.where(np.isinf(top), np.nan, top), 1)
+        duration, start, end = _track_columns(ev)
+        return [
+            {"route_id": r, "max_distance_m": m, "duration_s": s, "start": a, "end": b}
+            for r, m, s, a, b in zip(routes, max_d, duration, start, end, strict=True)
+        ]
 
 
 # -- 3. out of hours -----------------------------------------------------------------------------
@@ -716,6 +840,20 @@ class OutOfHours(_EpisodeRule):
             "start": d["start"],
             "end": d["end"],
         }
+
+    def _detail_columns(
+        self, ev: FleetEvents, route_ids: Sequence[str] | None
+    ) -> list[dict[str, Any]]:
+        f = ev.floats
+        path = [
+            None if lon != lon else round(p, 1)
+            for lon, p in zip(f[:, kn.A_START_LON].tolist(), f[:, kn.A_PATH].tolist(), strict=True)
+        ]
+        duration, start, end = _track_columns(ev)
+        return [
+            {"duration_s": s, "distance_m": p, "start": a, "end": b}
+            for s, p, a, b in zip(duration, path, start, end, strict=True)
+        ]
 
 
 # -- 4. device offline ---------------------------------------------------------------------------

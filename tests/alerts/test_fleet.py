@@ -230,8 +230,15 @@ def test_fold_sees_each_episode_opened_once() -> None:
     assert ep.closed_at_ms == T0 + 35_000 and ep.max_value == 74.0
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_rules_give_the_same_alerts_through_the_fleet(seed: int) -> None:
+@pytest.mark.parametrize(
+    ("seed", "capacity", "spread_ms"),
+    # Small rows and readings beyond the lateness: much of it in Python (late lanes,
+    # full rows); rows with room and readings within it: the kernels and their columns.
+    [(s, 4, 40_000) for s in range(6)] + [(s, 48, 25_000) for s in range(6, 10)],
+)
+def test_rules_give_the_same_alerts_through_the_fleet(
+    seed: int, capacity: int, spread_ms: int
+) -> None:
     """Speeding, route deviation and out of hours, fed and ticked with and without a fleet."""
     from alerts.fleet import NO_TS as NONE
     from alerts.rules import OutOfHours, RouteDeviation, Speeding
@@ -243,7 +250,7 @@ def test_rules_give_the_same_alerts_through_the_fleet(seed: int) -> None:
     ooh = OutOfHours(lateness_s=30)
     ids = ["R-a", "R-b", "R-c"]
     fleets = {
-        n: FleetEpisodes(r.detector, capacity=4)
+        n: FleetEpisodes(r.detector, capacity=capacity)
         for n, r in [("s", speeding), ("d", deviation), ("o", ooh)]
     }
     plain = {n: [EpisodeState() for _ in range(n_dev)] for n in fleets}
@@ -252,7 +259,7 @@ def test_rules_give_the_same_alerts_through_the_fleet(seed: int) -> None:
     made: dict[str, int] = {}
     for _ in range(n_batches):
         dev = rng.integers(0, n_dev, per)
-        ts = t + rng.integers(0, 40_000, per)  # some beyond the lateness: late lanes
+        ts = t + rng.integers(0, spread_ms, per)
         t += 5_000
         # Conditions that last (runs of minutes per device), with some noise.
         phase = (ts // 70_000 + dev) % 3
