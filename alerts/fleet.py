@@ -353,29 +353,13 @@ class FleetEpisodes:
         device: npt.ArrayLike,
         ts_ms: npt.ArrayLike,
         meets: npt.ArrayLike,
-        *,
-        clears: npt.ArrayLike | None = None,
-        ends: npt.ArrayLike | None = None,
-        value: npt.ArrayLike | None = None,
-        tag: npt.ArrayLike | None = None,
-        lon_deg: npt.ArrayLike | None = None,
-        lat_deg: npt.ArrayLike | None = None,
-        backfill: npt.ArrayLike | None = None,
+        **columns: npt.ArrayLike | None,
     ) -> dict[int, list[EpisodeEvent]]:
-        """:meth:`EpisodeDetector.feed_many` (same arguments and results) over the rows."""
-        return self.feed_events(
-            states,
-            device,
-            ts_ms,
-            meets,
-            clears=clears,
-            ends=ends,
-            value=value,
-            tag=tag,
-            lon_deg=lon_deg,
-            lat_deg=lat_deg,
-            backfill=backfill,
-        ).by_device()
+        """:meth:`EpisodeDetector.feed_many` (same arguments and results) over the rows.
+
+        ``columns``: the keyword columns of :meth:`feed_events` (``clears`` .. ``backfill``).
+        """
+        return self.feed_events(states, device, ts_ms, meets, **columns).by_device()
 
     def feed_events(
         self,
