@@ -30,6 +30,7 @@ import numpy as np
 from alerts.engine import AlertEngine, Clock, RuleSet
 from alerts.geometry import Filing
 from alerts.store import EpisodeChange, apply_changes
+from core.heap import freeze_long_lived
 from core.registry import Registry
 from core.settings import Settings
 from ingest import IngestBatch
@@ -79,6 +80,8 @@ class EngineRunner:
                 await self._pool.fetchval("SELECT coalesce(max(id), 0) FROM alert_events")
             )
             await self._rebuild()
+        # The rebuilt states live as long as the process: out of the collector's way.
+        freeze_long_lived()
         self.ready.set()
 
     async def close(self) -> None:
@@ -102,6 +105,7 @@ class EngineRunner:
         if registry is not self.engine.registry:
             self.engine.set_registry(registry)
             self._key_by_id = {d.id: k for k, d in registry.devices.items()}
+            freeze_long_lived()  # the new devices' states
 
     async def _store(self, changes: Sequence[EpisodeChange]) -> None:
         self._unstored.extend(changes)
