@@ -375,8 +375,7 @@ class AlertEngine:
             ),
         )
 
-        window = self.geometry.in_windows(ts, bus)
-        school = self.geometry.school_days(ts)
+        window, school = self.geometry.calendar_masks(ts, bus)
         rd = self.geometry.distances(x, y, bus)
         suppressed, det = self.filings.detour(x, y, bus, ts)
         on_detour = det.within_corridor

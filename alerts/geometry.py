@@ -29,6 +29,7 @@ from geofence import (
     RouteSets,
     SchoolCalendar,
     ServiceWindows,
+    calendar_masks,
     distance_to_routes,
     project,
     project_geometry,
@@ -140,19 +141,19 @@ class FleetGeometry:
         out[known] = self.device_bus[keys[known]]
         return out
 
-    def in_windows(self, ts_ms: _I64, bus: _I64) -> _BOOL:
-        """Inside one of the bus's service windows (``False`` without a bus)."""
-        out = np.zeros(ts_ms.shape, dtype=bool)
+    def calendar_masks(self, ts_ms: _I64, bus: _I64) -> tuple[_BOOL, _BOOL]:
+        """Inside one of the bus's service windows (``False`` without a bus); on a school day."""
         has = bus >= 0
-        if has.any():
-            out[has] = service_window_mask(
-                ts_ms[has],
-                windows=self.windows,
-                bus_index=bus[has],
-                calendar=self.calendar,
-                tz=self.tz,
-            )
-        return out
+        if self.windows.n_buses == 0 or not has.any():
+            return np.zeros(ts_ms.shape, dtype=bool), self.school_days(ts_ms)
+        inside, school = calendar_masks(
+            ts_ms,
+            windows=self.windows,
+            bus_index=np.where(has, bus, 0),
+            calendar=self.calendar,
+            tz=self.tz,
+        )
+        return inside & has, school
 
     def school_days(self, ts_ms: _I64) -> _BOOL:
         """On a school day, by local date."""

@@ -698,7 +698,7 @@ PROFILE_PARTS = {
     ("alerts/rules.py", "feed_gps_many"): "panic/fault feed_gps_many",
     ("alerts/geometry.py", "distances"): "FleetGeometry.distances",
     ("geofence/_zones.py", "speed_limit_kmh"): "speed_limit_kmh",
-    ("alerts/geometry.py", "in_windows"): "FleetGeometry.in_windows",
+    ("alerts/geometry.py", "calendar_masks"): "FleetGeometry.calendar_masks",
     ("alerts/geometry.py", "project"): "FleetGeometry.project",
     ("alerts/engine.py", "_changes"): "AlertEngine._changes",
 }

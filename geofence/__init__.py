@@ -10,13 +10,15 @@ batches of fixes at a time:
   route assigned to its bus, and whether it is within that route's corridor;
 * :func:`speed_limit_kmh`: the speed limit at each fix's place and time;
 * :func:`service_window_mask` and :func:`school_day_mask`: whether each event
-  time is inside its bus's service windows, and on a school day.
+  time is inside its bus's service windows, and on a school day
+  (:func:`calendar_masks`: both at once).
 """
 
 from geofence._calendar import (
     DEFAULT_TIMEZONE,
     SchoolCalendar,
     ServiceWindows,
+    calendar_masks,
     school_day_mask,
     service_window_mask,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "RouteSets",
     "SchoolCalendar",
     "ServiceWindows",
+    "calendar_masks",
     "distance_to_routes",
     "project",
     "project_geometry",

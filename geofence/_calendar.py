@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_TIMEZONE",
     "SchoolCalendar",
     "ServiceWindows",
+    "calendar_masks",
     "school_day_mask",
     "service_window_mask",
 ]
@@ -307,6 +308,35 @@ def service_window_mask(
     ISO weekdays, from ``start`` (inclusive) to ``end`` (exclusive) local
     time in ``tz``. Returns bool (N,).
     """
+    return _masks(ts_ms, windows, bus_index, calendar, tz, school_days=False)[0]
+
+
+def calendar_masks(
+    ts_ms: npt.ArrayLike,
+    *,
+    windows: ServiceWindows | Sequence[Mapping[str, Any]],
+    bus_index: npt.ArrayLike | None = None,
+    calendar: SchoolCalendar | Mapping[str, Any] | None = None,
+    tz: str = DEFAULT_TIMEZONE,
+) -> tuple[_BOOL, _BOOL]:
+    """:func:`service_window_mask` and :func:`school_day_mask` of the same events at once.
+
+    The same arguments as :func:`service_window_mask`; one conversion to
+    local time serves both. Returns (inside a window, on a school day), bool (N,) each.
+    """
+    return _masks(ts_ms, windows, bus_index, calendar, tz, school_days=True)
+
+
+def _masks(
+    ts_ms: npt.ArrayLike,
+    windows: ServiceWindows | Sequence[Mapping[str, Any]],
+    bus_index: npt.ArrayLike | None,
+    calendar: SchoolCalendar | Mapping[str, Any] | None,
+    tz: str,
+    *,
+    school_days: bool,
+) -> tuple[_BOOL, _BOOL]:
+    """Inside a window, and (``school_days``; else an empty array) on a school day."""
     ts = _as_ts(ts_ms)
     table_windows = (
         windows if isinstance(windows, ServiceWindows) else ServiceWindows.from_document([windows])
@@ -323,7 +353,7 @@ def service_window_mask(
             raise ValueError("bus_index out of range of windows")
     local = _local_ms(ts, tz)
     table, row = _per_day(np.floor_divide(local, _DAY_MS))
-    if np.any(table_windows.school_only):
+    if school_days or np.any(table_windows.school_only):
         school = _school_days(table, _as_calendar(calendar))
     else:
         school = np.zeros(table.size, dtype=bool)
@@ -341,7 +371,7 @@ def service_window_mask(
         table_windows.end_min,
         inside,
     )
-    return inside
+    return inside, school[row] if school_days else np.zeros(0, dtype=bool)
 
 
 @jit

@@ -10,7 +10,7 @@ import pytest
 from alerts.fleet import NO_TS
 from alerts.geometry import FleetGeometry, WindowEdges, next_window_start, window_end
 from core.registry import Bus, Device, Registry, Route
-from geofence import distance_to_routes
+from geofence import distance_to_routes, service_window_mask
 
 ORIGIN = (120.7, 31.3)
 REGISTERED = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -146,3 +146,34 @@ def test_window_edges_match_the_scalar_edges(tz: str, start: bool) -> None:
         assert got.tolist() == [NO_TS if w is None else w for w in want]
         seen.update(w is None for w in want)
     assert seen == {True, False}
+
+
+def test_calendar_masks_of_fixes_with_and_without_a_bus() -> None:
+    windows = ({"days": "school", "start": "06:30", "end": "08:30"},)
+    buses = {
+        "B0": Bus(
+            id="B0",
+            plate="B0",
+            operator_id=None,
+            school_id=None,
+            route_ids=(),
+            service_windows=windows,
+        )
+    }
+    geometry = FleetGeometry(Registry(timezone="Asia/Shanghai", buses=buses))
+    rng = np.random.default_rng(3)
+    t0 = int(dt.datetime(2026, 9, 28, tzinfo=dt.UTC).timestamp() * 1000)  # National Day week
+    ts = t0 + rng.integers(0, 14 * 86_400_000, 2_000)
+    bus = rng.choice(np.array([-1, 0]), ts.size)
+    inside, school = geometry.calendar_masks(ts, bus)
+    want = service_window_mask(
+        ts, windows=list(windows), calendar=geometry.calendar, tz="Asia/Shanghai"
+    )
+    np.testing.assert_array_equal(inside, want & (bus == 0))
+    np.testing.assert_array_equal(school, geometry.school_days(ts))
+    assert inside.any() and school.any() and not school.all()
+    # A fleet without buses: never in a window, school days as ever.
+    bare = FleetGeometry(Registry(timezone="Asia/Shanghai"))
+    none, days = bare.calendar_masks(ts, np.full(ts.size, -1))
+    assert not none.any()
+    np.testing.assert_array_equal(days, school)

@@ -12,7 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geofence import SchoolCalendar, ServiceWindows, school_day_mask, service_window_mask
+from geofence import (
+    SchoolCalendar,
+    ServiceWindows,
+    calendar_masks,
+    school_day_mask,
+    service_window_mask,
+)
 from geofence._calendar import _national_workdays
 
 SH = "Asia/Shanghai"
@@ -73,6 +79,13 @@ def check_windows(ts, windows, calendar, tz=SH):
     assert got.dtype == np.bool_ and got.shape == (len(ts),)
     want = [ref_in_window(t, windows, calendar, tz) for t in ts]
     np.testing.assert_array_equal(got, want)
+    # Both masks at once give the same.
+    inside, school = calendar_masks(
+        np.array(ts, dtype=np.int64), windows=windows, calendar=calendar, tz=tz
+    )
+    np.testing.assert_array_equal(inside, want)
+    school_want = [ref_school_day(local_datetime(t, tz).date(), calendar) for t in ts]
+    np.testing.assert_array_equal(school, school_want)
     return got
 
 
