@@ -21,7 +21,9 @@ than ``E``):
   ``F_*`` columns) and the bookkeeping of :class:`EpisodeState`.
 * ``bts`` int64 ``[R, C]``, ``bf`` float64 ``[R, C, 4]`` (value, tag, lon,
   lat), ``bk`` int8 ``[R, C, 3]`` (code, backfill, virtual): the reorder
-  buffer, sorted by ``ts``, ``si[:, I_NBUF]`` readings per row.
+  buffer, sorted by ``ts``, ``si[:, I_NBUF]`` readings per row, of which
+  ``si[:, I_NMET]`` meet the condition (kept up to date by every change of
+  the buffer, so telling a quiet row reads no buffer).
 * ``mi`` int64 ``[R, E, MI]``, ``mf`` float64 ``[R, E, MF]``: the emitted
   episodes (``M_*`` columns), ``si[:, I_NEM]`` per row.
 
@@ -75,7 +77,8 @@ I_NEXT: Final = 10
 I_NBUF: Final = 11
 I_NEM: Final = 12
 I_ORPHANS: Final = 13
-NI: Final = 14
+I_NMET: Final = 14  # MET readings in the buffer (EpisodeState.quiet without a scan)
+NI: Final = 15
 #: Core columns copied for a speculative pass (phase .. late).
 CORE_I: Final = 7
 
@@ -508,16 +511,18 @@ def _settle(
     ci = si[d]
     cf = sf[d]
     instant_open = p[P_OPEN] == 0
-    if k == 0 and si[d, I_NEM] == 0 and ci[I_PHASE] == IDLE:
-        met = False
-        if instant_open:
-            for i in range(n):
-                met = met or bk[d, i, 0] == MET
-        if not met:
-            return no
+    # Only a meeting reading can open on non-final readings (when opening is instant).
+    can_open = instant_open and si[d, I_NMET] > 0
+    if k == 0 and si[d, I_NEM] == 0 and ci[I_PHASE] == IDLE and not can_open:
+        return no
     nf = _scalar_pass(ci, cf, ts, bf[d], bk[d], 0, k, p, xi, xf, 0)
     # The final readings are consumed: the tail moves to the front of the row.
     if k:
+        gone = 0
+        for i in range(k):
+            if bk[d, i, 0] == MET:
+                gone += 1
+        si[d, I_NMET] -= gone
         for i in range(k, n):
             bts[d, i - k] = bts[d, i]
             for f in range(4):
@@ -544,13 +549,8 @@ def _settle(
                 nf += 1
         ci[I_PHASE] = IDLE
         _reset_aggregates(ci, cf)
-    if nf == 0 and si[d, I_NEM] == 0:
-        met = False
-        if instant_open:
-            for i in range(n):
-                met = met or bk[d, i, 0] == MET
-        if not met:
-            return no
+    if nf == 0 and si[d, I_NEM] == 0 and not (instant_open and si[d, I_NMET] > 0):
+        return no
     for f in range(CORE_I):
         ci2[f] = ci[f]
     for f in range(NF):
@@ -604,17 +604,14 @@ def _insert(d: int, si: _I64, bts: _I64, bf: _F64, bk: _I8, t: int, rf: _F64, rk
     for f in range(3):
         bk[d, i, f] = rk[f]
     si[d, I_NBUF] = n + 1
+    if rk[0] == MET:
+        si[d, I_NMET] += 1
 
 
 @_inline
-def _quiet(d: int, si: _I64, bk: _I8) -> bool:
+def _quiet(d: int, si: _I64) -> bool:
     """EpisodeState.quiet: idle, nothing emitted, no meeting reading buffered."""
-    if si[d, I_PHASE] != IDLE or si[d, I_NEM] != 0:
-        return False
-    for i in range(si[d, I_NBUF]):  # noqa: SIM110 (no generators in compiled code)
-        if bk[d, i, 0] == MET:
-            return False
-    return True
+    return bool(si[d, I_PHASE] == IDLE and si[d, I_NEM] == 0 and si[d, I_NMET] == 0)
 
 
 def scratch(capacity: int) -> tuple[_I64, _F64, _I64, _I64, _F64, _I64, _F64, _I64, _F64]:
@@ -727,7 +724,7 @@ def feed_groups(
                 if ts[i] < wm:
                     ok = False  # for the late lane
                     break
-        if ok and si[d, I_NBUF] + (b - a) > cap and _quiet(d, si, bk):
+        if ok and si[d, I_NBUF] + (b - a) > cap and _quiet(d, si):
             # Readings kept while quiet (below) fill the row: finalize what is final
             # (nothing can be emitted: nothing meets the condition).
             no = _settle(
@@ -764,7 +761,7 @@ def feed_groups(
         for i in range(a, b):
             top = max(top, ts[i])
             met = met or rk[i, 0] == MET
-        quiet = not met and _quiet(d, si, bk)
+        quiet = not met and _quiet(d, si)
         for i in range(a, b):
             _insert(d, si, bts, bf, bk, ts[i], rf[i], rk[i])
         if si[d, I_MAX_TS] == NO_TS or top > si[d, I_MAX_TS]:
@@ -786,11 +783,11 @@ def feed_groups(
 
 
 @jit
-def quiet_rows(si: _I64, bk: _I8, rows: _I64) -> _BOOL:
+def quiet_rows(si: _I64, rows: _I64) -> _BOOL:
     """EpisodeState.quiet per row: idle, nothing emitted, no meeting reading buffered."""
     out = np.zeros(rows.shape[0], np.bool_)
     for g in range(rows.shape[0]):
-        out[g] = _quiet(rows[g], si, bk)
+        out[g] = _quiet(rows[g], si)
     return out
 
 
@@ -842,7 +839,7 @@ def advance_rows(
         if not hot[d]:
             status[g] = TO_PYTHON
             continue
-        if _quiet(d, si, bk):
+        if _quiet(d, si):
             continue
         wm = wms[g]
         cut_ms = cuts[g]

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alerts import _fleet as kn
-from alerts._core import Buf, Core
+from alerts._core import MET, Buf, Core
 from alerts.episodes import (
     Action,
     Episode,
@@ -252,6 +252,7 @@ class FleetEpisodes:
         si[kn.I_NBUF] = n
         si[kn.I_NEM] = m
         si[kn.I_ORPHANS] = st.orphans
+        si[kn.I_NMET] = int(np.count_nonzero(st.buf.k[:, 0] == MET))
         self.sf[d] = (
             c.prev_lon,
             c.prev_lat,
@@ -317,7 +318,7 @@ class FleetEpisodes:
         """:attr:`EpisodeState.quiet` per device of ``keys``."""
         keys = np.asarray(keys, np.int64)
         self.ensure(len(states))
-        out = kn.quiet_rows(self.si, self.bk, keys)
+        out = kn.quiet_rows(self.si, keys)
         cold = np.flatnonzero(~self.hot[keys])
         for g in cold.tolist():
             d = int(keys[g])
