@@ -585,7 +585,10 @@ def _settle(
 
 @_inline
 def _insert(d: int, si: _I64, bts: _I64, bf: _F64, bk: _I8, t: int, rf: _F64, rk: _I8) -> None:
-    """Add one reading to row ``d``'s sorted buffer unless its ``ts`` is there (the old wins)."""
+    """Add one reading to row ``d``'s sorted buffer unless its ``ts`` is there (the old wins).
+
+    :func:`feed_groups` has this written out (see there).
+    """
     n = si[d, I_NBUF]
     i = n
     while i > 0 and bts[d, i - 1] > t:
@@ -609,9 +612,15 @@ def _insert(d: int, si: _I64, bts: _I64, bf: _F64, bk: _I8, t: int, rf: _F64, rk
 
 
 @_inline
+def _quiet_of(phase: int, nem: int, nmet: int) -> bool:
+    """EpisodeState.quiet from a row's phase, emitted and buffered MET counts."""
+    return phase == IDLE and nem == 0 and nmet == 0
+
+
+@_inline
 def _quiet(d: int, si: _I64) -> bool:
     """EpisodeState.quiet: idle, nothing emitted, no meeting reading buffered."""
-    return bool(si[d, I_PHASE] == IDLE and si[d, I_NEM] == 0 and si[d, I_NMET] == 0)
+    return _quiet_of(si[d, I_PHASE], si[d, I_NEM], si[d, I_NMET])
 
 
 def scratch(capacity: int) -> tuple[_I64, _F64, _I64, _I64, _F64, _I64, _F64, _I64, _F64]:
@@ -724,7 +733,11 @@ def feed_groups(
                 if ts[i] < wm:
                     ok = False  # for the late lane
                     break
-        if ok and si[d, I_NBUF] + (b - a) > cap and _quiet(d, si):
+        if (
+            ok
+            and si[d, I_NBUF] + (b - a) > cap
+            and _quiet_of(si[d, I_PHASE], si[d, I_NEM], si[d, I_NMET])
+        ):
             # Readings kept while quiet (below) fill the row: finalize what is final
             # (nothing can be emitted: nothing meets the condition).
             no = _settle(
@@ -761,9 +774,33 @@ def feed_groups(
         for i in range(a, b):
             top = max(top, ts[i])
             met = met or rk[i, 0] == MET
-        quiet = not met and _quiet(d, si)
-        for i in range(a, b):
-            _insert(d, si, bts, bf, bk, ts[i], rf[i], rk[i])
+        quiet = not met and _quiet_of(si[d, I_PHASE], si[d, I_NEM], si[d, I_NMET])
+        # _insert, written out: an inlined helper given arrays takes a reference to
+        # each (an atomic operation in and out, per array and reading), which was
+        # most of the cost of a quiet reading.
+        n = si[d, I_NBUF]
+        for j in range(a, b):
+            t = ts[j]
+            i = n
+            while i > 0 and bts[d, i - 1] > t:
+                i -= 1
+            if i > 0 and bts[d, i - 1] == t:
+                continue
+            for r in range(n, i, -1):
+                bts[d, r] = bts[d, r - 1]
+                for f in range(4):
+                    bf[d, r, f] = bf[d, r - 1, f]
+                for f in range(3):
+                    bk[d, r, f] = bk[d, r - 1, f]
+            bts[d, i] = t
+            for f in range(4):
+                bf[d, i, f] = rf[j, f]
+            for f in range(3):
+                bk[d, i, f] = rk[j, f]
+            n += 1
+            if rk[j, 0] == MET:
+                si[d, I_NMET] += 1
+        si[d, I_NBUF] = n
         if si[d, I_MAX_TS] == NO_TS or top > si[d, I_MAX_TS]:
             si[d, I_MAX_TS] = top
         cwm = si[d, I_MAX_TS] - lateness
