@@ -18,7 +18,9 @@ episodes per device; see :func:`_room` for why a settle never keeps more
 than ``E``):
 
 * ``si`` int64 ``[R, NI]``, ``sf`` float64 ``[R, NF]``: the core (``I_*``,
-  ``F_*`` columns) and the bookkeeping of :class:`EpisodeState`.
+  ``F_*`` columns) and the bookkeeping of :class:`EpisodeState`. A row of
+  ``si`` is two cache lines (:class:`~alerts.fleet.FleetEpisodes` starts its
+  arrays on a 64-byte line); a quiet reading touches only the first.
 * ``bts`` int64 ``[R, C]``, ``bf`` float64 ``[R, C, 4]`` (value, tag, lon,
   lat), ``bk`` int8 ``[R, C, 3]`` (code, backfill, virtual): the reorder
   buffer, sorted by ``ts``, ``si[:, I_NBUF]`` readings per row, of which
@@ -62,25 +64,27 @@ NO_TS: Final = int(np.iinfo(np.int64).min)
 NEVER: Final = int(np.iinfo(np.int64).max)
 
 
-# Core and state, int64 columns.
+# Core and state, int64 columns. A row is two 64-byte cache lines (the arrays are
+# aligned to one): the first holds all a quiet reading reads and writes.
 I_PHASE: Final = 0
-I_RUN_START: Final = 1
-I_OPENED: Final = 2
-I_LAST_MET: Final = 3
-I_CLEAR_START: Final = 4
-I_LAST_TS: Final = 5
-I_LATE: Final = 6
-I_WM: Final = 7
-I_MAX_TS: Final = 8
-I_DUE: Final = 9
-I_NEXT: Final = 10
-I_NBUF: Final = 11
-I_NEM: Final = 12
-I_ORPHANS: Final = 13
-I_NMET: Final = 14  # MET readings in the buffer (EpisodeState.quiet without a scan)
-NI: Final = 15
-#: Core columns copied for a speculative pass (phase .. late).
-CORE_I: Final = 7
+I_NEM: Final = 1
+I_NBUF: Final = 2
+I_NMET: Final = 3  # MET readings in the buffer (EpisodeState.quiet without a scan)
+I_WM: Final = 4
+I_MAX_TS: Final = 5
+I_DUE: Final = 6
+I_LAST_TS: Final = 7
+I_RUN_START: Final = 8
+I_OPENED: Final = 9
+I_LAST_MET: Final = 10
+I_CLEAR_START: Final = 11
+I_LATE: Final = 12
+I_NEXT: Final = 13
+I_ORPHANS: Final = 14
+NI: Final = 16  # (one spare)
+#: Columns copied for a speculative pass: ``0 .. I_LATE``, the core among them
+#: (phase, run start, opened, last met, clear start, last ts, late).
+CORE_I: Final = I_LATE + 1
 
 # Core, float64 columns. The episode aggregates (max .. pending) are in the same
 # order in the episode scratch (X_*) and emitted (M_*) float columns, from 0.
@@ -146,7 +150,7 @@ P_SKIP_UNDUE: Final = 6
 P_PROGRESS_EVERY: Final = 7  # ms; 0: every change
 NP_: Final = 8
 
-#: Groups ahead whose state row, and buffer slots, feed_groups prefetches.
+#: Groups ahead whose state row (its first line), and buffer slots, feed_groups prefetches.
 _AHEAD_ROW: Final = 16
 _AHEAD_BUF: Final = 8
 
