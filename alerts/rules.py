@@ -1651,7 +1651,10 @@ class DeviceFault:
                 for name in sources:
                     watched.setdefault(name, set()).add(d)
         out: dict[int, list[AlertEvent]] = {}
+        raised = np.bitwise_or.reduce(a[present]) if present.any() else 0
         for bit, name in GPS_FAULT_BITS.items():
+            if not (raised >> bit) & 1 and name not in watched:
+                continue  # no reading raises the bit and no source is under way
             on = present & ((a >> bit) & 1).astype(np.bool_)
             devs = watched.get(name, set()) | set(np.unique(dev[on]).tolist())
             if not devs:
