@@ -905,3 +905,34 @@ def advance_rows(
             d, si, sf, bts, bf, bk, mi, mf, p, xi, xf, cert, ci2, cf2, ki, kf, si1, sf1, oi, of, no
         )
     return dev.shape[0], no
+
+
+@jit
+def group_rows(dev: _I64) -> tuple[bool, _I64, _I64, _I64]:
+    """(sorted, starts, stops, groups): the runs of equal ``dev`` if it is sorted.
+
+    ``dev[starts[g]:stops[g]]`` all equal ``groups[g]``; one pass instead of a
+    handful of NumPy ones. Not sorted: ``False`` and empty arrays.
+    """
+    n = dev.shape[0]
+    ng = 0
+    for i in range(n):
+        if i > 0 and dev[i] < dev[i - 1]:
+            empty = np.empty(0, np.int64)
+            return False, empty, empty, empty
+        if i == 0 or dev[i] != dev[i - 1]:
+            ng += 1
+    starts = np.empty(ng, np.int64)
+    stops = np.empty(ng, np.int64)
+    groups = np.empty(ng, np.int64)
+    g = -1
+    for i in range(n):
+        if i == 0 or dev[i] != dev[i - 1]:
+            g += 1
+            starts[g] = i
+            groups[g] = dev[i]
+            if g > 0:
+                stops[g - 1] = i
+    if ng:
+        stops[ng - 1] = n
+    return True, starts, stops, groups

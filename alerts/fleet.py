@@ -394,15 +394,14 @@ class FleetEpisodes:
             raise ValueError(f"device: expected shape ({n},), got {dev.shape}")
         if n == 0:
             return _no_events()
-        if n > 1 and not bool((dev[1:] >= dev[:-1]).all()):
+        ordered, starts, stops, groups = kn.group_rows(dev)
+        if not ordered:
             order = np.argsort(dev, kind="stable")
             batch = batch.take(order)
             dev = dev[order]
+            starts, stops, groups = kn.group_rows(dev)[1:]
         self.ensure(len(states))
         self.parking.ensure(len(states))
-        starts = np.flatnonzero(np.r_[True, dev[1:] != dev[:-1]])
-        stops = np.r_[starts[1:], n]
-        groups = dev[starts]
         status = np.zeros(groups.shape[0], np.int8)
         out = self._run(
             lambda g0, oi, of, no: kn.feed_groups(
