@@ -4,7 +4,8 @@
 and :meth:`EpisodeDetector.advance` (one state per device) for a whole
 batch or clock tick in one compiled call (:mod:`alerts._fleet`): no Python
 runs per device, whether the device is quiet or has an episode under way.
-Python builds only the events.
+The kernels hand their events over as columns (:class:`FleetEvents`), from
+which the rules build their alerts.
 
 The rare cases stay with the Python detector, on the device's
 :class:`EpisodeState` in the caller's list: a reading older than the
