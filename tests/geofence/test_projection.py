@@ -10,10 +10,21 @@ import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geofence import project, project_geometry
+from geofence import _projection, project, project_geometry
 from tests.geofence.numpy_projection import project_numpy
 
 ORIGIN = (120.7, 31.3)
+#: How far the polynomials near the origin may be from the series (m); see _projection.
+NEAR_BOUND_M = 2e-8
+
+
+def project_exact(lon, lat, origin):
+    """The series at every point (what :func:`project` did before the polynomials)."""
+    lon = np.ascontiguousarray(lon, dtype=np.float64)
+    lat = np.ascontiguousarray(lat, dtype=np.float64)
+    x, y = np.empty(lon.size), np.empty(lon.size)
+    _projection._project_exact(lon, lat, float(origin[0]), float(origin[1]), x, y)
+    return x, y
 
 
 def vincenty_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
@@ -177,11 +188,15 @@ def test_matches_the_numpy_series(lon0: float, lat0: float, spread_deg: float, s
     lat = np.clip(lat0 + rng.uniform(-spread_deg, spread_deg, 200), -89.0, 89.0)
     lon[:2] = [lon0, lon0 + 360.0]  # the origin's meridian, also folded
     lat[:2] = lat0
-    x, y = project(lon, lat, origin=(lon0, lat0))
     want_x, want_y = project_numpy(lon, lat, origin=(lon0, lat0))
     # An ulp of a northing (up to 1e7 m from the equator) is 1.9e-9 m.
+    x, y = project_exact(lon, lat, (lon0, lat0))
     np.testing.assert_allclose(x, want_x, rtol=0, atol=5e-9)
     np.testing.assert_allclose(y, want_y, rtol=0, atol=5e-9)
+    # project() evaluates polynomials near the origin, within NEAR_BOUND_M of the series.
+    x, y = project(lon, lat, origin=(lon0, lat0))
+    np.testing.assert_allclose(x, want_x, rtol=0, atol=5e-9 + NEAR_BOUND_M)
+    np.testing.assert_allclose(y, want_y, rtol=0, atol=5e-9 + NEAR_BOUND_M)
     assert x[0] == 0.0 and y[0] == 0.0
 
 
@@ -189,10 +204,13 @@ def test_matches_the_numpy_series_on_the_fleet_area() -> None:
     rng = np.random.default_rng(1)
     lon = ORIGIN[0] + rng.uniform(-0.3, 0.3, 100_000)
     lat = ORIGIN[1] + rng.uniform(-0.3, 0.3, 100_000)
-    x, y = project(lon, lat, origin=ORIGIN)
     want_x, want_y = project_numpy(lon, lat, origin=ORIGIN)
+    x, y = project_exact(lon, lat, ORIGIN)
     np.testing.assert_allclose(x, want_x, rtol=0, atol=1e-9)
     np.testing.assert_allclose(y, want_y, rtol=0, atol=1e-9)
+    x, y = project(lon, lat, origin=ORIGIN)  # all inside the polynomials' box
+    np.testing.assert_allclose(x, want_x, rtol=0, atol=1e-9 + NEAR_BOUND_M)
+    np.testing.assert_allclose(y, want_y, rtol=0, atol=1e-9 + NEAR_BOUND_M)
     x, y = project([np.nan, 121.0, np.inf], [31.0, np.nan, 31.0], origin=ORIGIN)
     assert np.all(np.isnan(x)) and np.all(np.isnan(y))
     # The poles (a reading ingest lets through): finite, as before.
@@ -202,3 +220,98 @@ def test_matches_the_numpy_series_on_the_fleet_area() -> None:
         want_x, want_y = project_numpy(lon, lat, origin=ORIGIN)
     np.testing.assert_allclose(x, want_x, rtol=0, atol=1e-8)
     np.testing.assert_allclose(y, want_y, rtol=0, atol=1e-8)
+
+
+NEAR_ORIGINS = [
+    ORIGIN,
+    (87.6, 43.8),
+    (126.6, 45.8),
+    (109.5, 18.3),
+    (-70.6, -33.4),
+    (0.0, 0.0),
+    (-0.3, 75.0),
+    (151.2, -75.0),
+    (179.9, 60.0),
+    (-179.8, -12.0),
+]
+
+
+def near_box(origin: tuple[float, float]) -> tuple[float, float]:
+    """Half-widths (lat, lon degrees) of the box where project() uses the polynomials."""
+    return _projection._NEAR_LAT, _projection._NEAR_LAT / math.cos(math.radians(origin[1]))
+
+
+def in_box(lon, lat, origin):
+    """Where project() uses the polynomials (as its kernel tells)."""
+    u = (lat - origin[1]) * (1.0 / _projection._NEAR_LAT)
+    v = (lon - origin[0]) * (math.cos(math.radians(origin[1])) / _projection._NEAR_LAT)
+    return (np.abs(u) <= 1.0) & (np.abs(v) <= 1.0)
+
+
+def box_points(origin, n, rng, scale=1.0):
+    """n random points in the box (times scale), plus its edges and corners."""
+    half_lat, half_lon = near_box(origin)
+    u, v = rng.uniform(-1.0, 1.0, n), rng.uniform(-1.0, 1.0, n)
+    edge = np.linspace(-1.0, 1.0, 1001)
+    one = np.ones_like(edge)
+    u = np.concatenate([u, edge, edge, one, -one, [0.0]])
+    v = np.concatenate([v, one, -one, edge, edge, [0.0]])
+    return origin[0] + scale * v * half_lon, origin[1] + scale * u * half_lat
+
+
+@pytest.mark.parametrize("origin", NEAR_ORIGINS)
+def test_near_origin_polynomials_match_the_series(origin: tuple[float, float]) -> None:
+    lon, lat = box_points(origin, 200_000, np.random.default_rng(7))
+    x, y = project(lon, lat, origin=origin)
+    want_x, want_y = project_exact(lon, lat, origin)
+    assert np.abs(x - want_x).max() <= NEAR_BOUND_M
+    assert np.abs(y - want_y).max() <= NEAR_BOUND_M
+    assert x[-1] == 0.0 and y[-1] == 0.0  # the origin itself
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lon0=st.floats(-180.0, 180.0),
+    lat0=st.floats(-_projection._NEAR_MAX_LAT, _projection._NEAR_MAX_LAT),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_near_origin_polynomials_match_the_series_anywhere(lon0, lat0, seed) -> None:
+    lon, lat = box_points((lon0, lat0), 2_000, np.random.default_rng(seed))
+    x, y = project(lon, lat, origin=(lon0, lat0))
+    want_x, want_y = project_exact(lon, lat, (lon0, lat0))
+    assert np.abs(x - want_x).max() <= NEAR_BOUND_M
+    assert np.abs(y - want_y).max() <= NEAR_BOUND_M
+
+
+@pytest.mark.parametrize("origin", [*NEAR_ORIGINS, (10.0, 75.01), (-45.0, -89.0)])
+def test_outside_the_box_is_the_series_bit_for_bit(origin: tuple[float, float]) -> None:
+    rng = np.random.default_rng(3)
+    lon, lat = box_points(origin, 20_000, rng, scale=1.0 + 1e-9)
+    keep = ~in_box(lon, lat, origin)
+    lon, lat = lon[keep], lat[keep]  # the box's edges just outside, and the corners
+    far_lon = origin[0] + rng.uniform(-20.0, 20.0, 20_000)
+    far_lat = np.clip(origin[1] + rng.uniform(-20.0, 20.0, 20_000), -90.0, 90.0)
+    specials_lon = [np.nan, origin[0], origin[0] + 360.0, origin[0] - 360.0, np.inf, 0.0]
+    specials_lat = [origin[1], np.nan, origin[1], origin[1], origin[1], 90.0]
+    lon = np.concatenate([lon, far_lon, specials_lon])
+    lat = np.concatenate([lat, far_lat, specials_lat])
+    x, y = project(lon, lat, origin=origin)
+    want_x, want_y = project_exact(lon, lat, origin)
+    far = ~in_box(lon, lat, origin)
+    if abs(origin[1]) > _projection._NEAR_MAX_LAT:
+        far[:] = True  # no polynomials: every point by the series
+    assert far.sum() > 20_000
+    np.testing.assert_array_equal(x[far], want_x[far])
+    np.testing.assert_array_equal(y[far], want_y[far])
+
+
+@pytest.mark.parametrize("lat0", np.linspace(-75.0, 75.0, 31))
+def test_near_box_holds_60_km_around_the_origin(lat0: float) -> None:
+    # 60 km along a meridian is at most 60 km / 6_335_439 m rad of latitude (the meridian's
+    # radius of curvature is smallest at the equator); along a parallel at latitude lat,
+    # at most 60 km / (a cos lat) rad of longitude (the prime vertical radius N >= a).
+    half_lat, half_lon = near_box((0.0, lat0))
+    dlat = math.degrees(60_000 / 6_335_439.0)
+    assert half_lat >= dlat
+    edge_lat = math.radians(min(abs(lat0) + dlat, 90.0))
+    assert math.radians(half_lon) * 6_378_137.0 * math.cos(edge_lat) >= 60_000
