@@ -627,6 +627,64 @@ def _quiet(d: int, si: _I64) -> bool:
     return _quiet_of(si[d, I_PHASE], si[d, I_NEM], si[d, I_NMET])
 
 
+@jit
+def _settle_quiet(d: int, si: _I64, sf: _F64, bts: _I64, bf: _F64, bk: _I8) -> bool:
+    """:func:`_settle` of a quiet row without its pass; False (row untouched): not that case.
+
+    A quiet row (idle, nothing emitted, no meeting reading buffered) whose final
+    readings (older than the watermark) all do not meet the condition: the pass
+    over them, from idle, opens nothing and closes nothing (a CLEAR, END or
+    NEUTRAL reading, a gap: each leaves the phase idle), so all it leaves in
+    the core is the last reading's ``ts``, the last known position and the
+    aggregates reset; the second pass and the reconcile have nothing to do
+    (nothing final, nothing emitted, no meeting reading), so ``due`` is unknown.
+    No step is measured: in idle no episode takes it.
+    """
+    if not _quiet_of(si[d, I_PHASE], si[d, I_NEM], si[d, I_NMET]):
+        return False
+    wm = si[d, I_WM]
+    n = si[d, I_NBUF]
+    k = 0
+    if wm != NO_TS:
+        # The first reading at or after the watermark, from the end: the tail is short.
+        k = n
+        while k > 0 and bts[d, k - 1] >= wm:
+            k -= 1
+        for i in range(k):
+            if bk[d, i, 0] == MET:
+                return False  # (I_NMET says there is none)
+    si[d, I_DUE] = NO_TS
+    if k == 0:
+        return True  # _settle returns before its pass
+    si[d, I_LAST_TS] = bts[d, k - 1]
+    for i in range(k - 1, -1, -1):
+        x = bf[d, i, 2]
+        y = bf[d, i, 3]
+        if not (math.isnan(x) or math.isnan(y)):
+            sf[d, F_PREV_LON] = x
+            sf[d, F_PREV_LAT] = y
+            break
+    # _reset_aggregates (the phase stays idle).
+    sf[d, F_MAX] = math.nan
+    sf[d, F_TAG] = math.nan
+    sf[d, F_START_LON] = math.nan
+    sf[d, F_START_LAT] = math.nan
+    sf[d, F_END_LON] = math.nan
+    sf[d, F_END_LAT] = math.nan
+    sf[d, F_PATH] = 0.0
+    sf[d, F_PENDING] = 0.0
+    si[d, I_LATE] = 0
+    # The final readings are consumed: the tail moves to the front of the row.
+    for i in range(k, n):
+        bts[d, i - k] = bts[d, i]
+        for f in range(4):
+            bf[d, i - k, f] = bf[d, i, f]
+        for f in range(3):
+            bk[d, i - k, f] = bk[d, i, f]
+    si[d, I_NBUF] = n - k
+    return True
+
+
 def scratch(capacity: int) -> tuple[_I64, _F64, _I64, _I64, _F64, _I64, _F64, _I64, _F64]:
     """Work arrays for one kernel call (episodes of two passes, kept episodes, copies)."""
     rows = 2 * capacity + 4
@@ -741,9 +799,11 @@ def feed_groups(
             ok
             and si[d, I_NBUF] + (b - a) > cap
             and _quiet_of(si[d, I_PHASE], si[d, I_NEM], si[d, I_NMET])
+            and not _settle_quiet(d, si, sf, bts, bf, bk)
         ):
             # Readings kept while quiet (below) fill the row: finalize what is final
-            # (nothing can be emitted: nothing meets the condition).
+            # (nothing can be emitted: nothing meets the condition). _settle_quiet does
+            # that without the passes, unless a final reading meets (I_NMET says none).
             no = _settle(
                 d,
                 si,
