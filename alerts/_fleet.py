@@ -781,7 +781,15 @@ def feed_groups(
             prefetch(si, dev[g + _AHEAD_ROW] * NI)
         if g + _AHEAD_BUF < ng:
             d2 = dev[g + _AHEAD_BUF]
-            slot = d2 * cap + si[d2, I_NBUF]
+            n2 = si[d2, I_NBUF]
+            slot = d2 * cap + n2
+            if n2 + (hi[g + _AHEAD_BUF] - lo[g + _AHEAD_BUF]) > cap:
+                # A full row: its tail moves to its first slots (_settle_quiet).
+                slot = d2 * cap
+                prefetch(bts, slot + n2 - 1)
+                prefetch(bf, (slot + n2 - 1) * 4)
+                prefetch(bf, slot * 4 + 8)
+                prefetch(bk, slot * 3 + 64)
             prefetch(bts, slot)
             prefetch(bf, slot * 4)
             prefetch(bk, slot * 3)
