@@ -69,7 +69,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -140,9 +140,8 @@ def severity(kind: str, device_kind: str | None = None) -> str:
     return KINDS[kind]
 
 
-@dataclass(frozen=True, slots=True)
-class AlertEvent:
-    """One change of one alert episode on one device.
+class AlertEvent(NamedTuple):
+    """One change of one alert episode on one device (immutable).
 
     ``action``: ``open`` (insert the alert, state active), ``update`` (refine:
     a late reading moved ``started_at`` or ``ended_at``, or details grew),
@@ -152,6 +151,9 @@ class AlertEvent:
     event time of the decision: the reading at which it opened or closed
     (for ``update``, the latest reading meeting the condition). ``details``
     holds the contract's keys for the kind, JSON-ready.
+
+    A named tuple rather than a frozen dataclass: one is made per alert
+    change, and a frozen dataclass's ``__init__`` costs three times as much.
     """
 
     kind: str

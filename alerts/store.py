@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Literal
+from types import MappingProxyType
+from typing import Any, Final, Literal, NamedTuple
 
 from alerts.rules import KINDS, severity
 from core.db import AsyncConnection
@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 NOTIFY_CHANNEL: Final = "anxiao_alerts"
+#: Details of a change that gives none (read-only: one instance serves every change).
+_NO_DETAILS: Final[Mapping[str, Any]] = MappingProxyType({})
 #: Kinds that only a person can clear (GB 50394-2007 5.2.3: emergency buttons latch).
 LATCHED_KINDS: Final = frozenset({"panic_button"})
 
@@ -39,16 +41,19 @@ def severity_of(kind: str, *, device_kind: str | None = None) -> str:
     return severity(kind, device_kind)
 
 
-@dataclass(frozen=True, slots=True)
-class EpisodeChange:
-    """One change of one episode, as the rules decide it."""
+class EpisodeChange(NamedTuple):
+    """One change of one episode, as the rules decide it (immutable).
+
+    A named tuple rather than a frozen dataclass: the engine makes one per
+    alert change, and a frozen dataclass's ``__init__`` costs three times as much.
+    """
 
     action: Literal["open", "update", "close"]
     kind: str
     device_id: str
     started_at: datetime
     ended_at: datetime | None = None
-    details: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = _NO_DETAILS
     episode_key: str = ""
     late: bool = False
 
