@@ -293,23 +293,49 @@ def _alerts_of(
     return out
 
 
+def round_column(values: _F64, digits: int) -> list[float]:
+    """``round(v, digits)`` of each value, as Python's ``round`` gives it, mostly in NumPy.
+
+    Python rounds the exact binary value half to even at ``digits`` decimals
+    and returns the double nearest that decimal: ``rint(v * 10**digits) /
+    10**digits`` is that same double whenever the product's own rounding error
+    cannot move it across a half (``10**digits`` and the quotient are exact
+    or correctly rounded). Values within a few units in the last place of a
+    half, huge, or not finite are rounded by Python's ``round`` itself.
+    """
+    scale = 10.0**digits
+    with np.errstate(all="ignore"):  # inf and NaN are left to round()
+        scaled = values * scale
+        out: list[float] = (np.rint(scaled) / scale).tolist()
+        off_half = np.abs(scaled - np.floor(scaled) - 0.5)
+        doubtful = ~(off_half > 8.0 * np.spacing(np.abs(scaled))) | ~(np.abs(scaled) < 2.0**52)
+    for i in np.flatnonzero(doubtful).tolist():
+        out[i] = round(float(values[i]), digits)
+    return out
+
+
 def _num_column(values: _F64, digits: int) -> list[float | None]:
     """:func:`_num` of each value."""
-    return [None if v != v else round(v, digits) for v in values.tolist()]
+    return [
+        None if v != v else r
+        for v, r in zip(values.tolist(), round_column(values, digits), strict=True)
+    ]
 
 
 def _pos_column(lon: _F64, lat: _F64) -> list[list[float] | None]:
     """:func:`_pos` of each pair."""
     return [
-        None if x != x or y != y else [round(x, 7), round(y, 7)]
-        for x, y in zip(lon.tolist(), lat.tolist(), strict=True)
+        None if x != x or y != y else [x7, y7]
+        for x, y, x7, y7 in zip(
+            lon.tolist(), lat.tolist(), round_column(lon, 7), round_column(lat, 7), strict=True
+        )
     ]
 
 
 def _track_columns(ev: FleetEvents) -> tuple[list[float], list[Any], list[Any]]:
     """:func:`_track`'s duration, start and end of each event."""
     i, f = ev.ints, ev.floats
-    duration = [round(s, 3) for s in ((i[:, kn.M_LAST_MET] - i[:, kn.M_STARTED]) / 1000.0).tolist()]
+    duration = round_column((i[:, kn.M_LAST_MET] - i[:, kn.M_STARTED]) / 1000.0, 3)
     start = _pos_column(f[:, kn.A_START_LON], f[:, kn.A_START_LAT])
     end = _pos_column(f[:, kn.A_END_LON], f[:, kn.A_END_LAT])
     return duration, start, end

@@ -29,6 +29,7 @@ from alerts import (
     Speeding,
     severity,
 )
+from alerts.rules import round_column
 
 T0 = 1_795_000_000_000  # epoch ms
 S = 1000
@@ -856,3 +857,31 @@ def test_coalesce_of_one_event_is_the_general_rule(action, ended, late) -> None:
     )
     # Two identical events take the general path and must reduce to the same one.
     assert coalesce([ev]) == coalesce([ev, ev])[-1:]
+
+
+def _same_floats(got: list[float], want: list[float]) -> bool:
+    # Bit for bit: -0.0 against 0.0 and NaN against NaN as well.
+    return [repr(g) for g in got] == [repr(w) for w in want]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=1, max_size=50),
+    st.sampled_from([1, 3, 7]),
+)
+def test_round_column_rounds_as_python_does(values: list[float], digits: int) -> None:
+    got = round_column(np.asarray(values, np.float64), digits)
+    assert _same_floats(got, [round(v, digits) for v in values])
+
+
+@pytest.mark.parametrize("digits", [1, 3, 7])
+def test_round_column_at_halves_and_on_real_coordinates(digits: int) -> None:
+    rng = np.random.default_rng(digits)
+    k = rng.integers(-(10**10), 10**10, 20_000)
+    scale = 10.0**digits
+    halves = (k + 0.5) / scale  # nearest doubles to halves: either side of them
+    near = np.concatenate([halves, np.nextafter(halves, np.inf), np.nextafter(halves, -np.inf)])
+    coords = np.concatenate([rng.uniform(-180, 180, 20_000), rng.uniform(0, 3_000, 20_000)])
+    for values in (near, coords, -coords):
+        got = round_column(values, digits)
+        assert _same_floats(got, [round(float(v), digits) for v in values])
