@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -218,6 +219,14 @@ detectors = st.builds(
     st.sampled_from([0.0, 10.0, 30.0, math.inf]),
     st.sampled_from([None, None, 20.0, 60.0]),
 )
+
+
+def detector_of(params: tuple[float, float, float | None], **kw: Any) -> EpisodeDetector:
+    """A detector of drawn (open, close, max gap) seconds, 30 s of lateness, and ``kw``."""
+    open_s, close_s, gap_s = params
+    return EpisodeDetector(
+        open_after_s=open_s, close_after_s=close_s, lateness_s=30, max_gap_s=gap_s, **kw
+    )
 
 
 def split(draw: st.DrawFn, items: list[Reading]) -> list[list[Reading]]:

@@ -14,7 +14,15 @@ from alerts import _core
 from alerts.episodes import EpisodeDetector, EpisodeEvent, EpisodeState
 from alerts.fleet import NO_TS, FleetEpisodes
 from tests.alerts.reference import CLEAR, END, MET, NEUTRAL, Reading
-from tests.alerts.test_episodes import T0, detectors, feed, fold, many_columns, streams
+from tests.alerts.test_episodes import (
+    T0,
+    detector_of,
+    detectors,
+    feed,
+    fold,
+    many_columns,
+    streams,
+)
 
 PROP = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -93,12 +101,8 @@ def run_both(
 @given(data=st.data(), params=detectors)
 def test_fleet_equals_the_python_detector(data: st.DataObject, params) -> None:
     """Interleaved devices, readings up to 90 s out of order (late lanes), ticks with cuts."""
-    open_s, close_s, gap_s = params
-    det = EpisodeDetector(
-        open_after_s=open_s,
-        close_after_s=close_s,
-        lateness_s=30,
-        max_gap_s=gap_s,
+    det = detector_of(
+        params,
         report_progress=data.draw(st.booleans()),
         track_path=data.draw(st.booleans()),
         progress_every_s=data.draw(st.sampled_from([0.0, 0.0, 10.0, 15.5])),
@@ -146,10 +150,7 @@ def test_fleet_equals_the_python_detector(data: st.DataObject, params) -> None:
 @given(data=st.data(), params=detectors)
 def test_live_like_traffic_with_ticks(data: st.DataObject, params) -> None:
     """A reading or two per device per batch and a tick after each, like serve under load."""
-    open_s, close_s, gap_s = params
-    det = EpisodeDetector(
-        open_after_s=open_s, close_after_s=close_s, lateness_s=30, max_gap_s=gap_s
-    )
+    det = detector_of(params)
     n_dev = data.draw(st.integers(1, 3))
     tagged: list[tuple[int, int, Reading]] = []
     for d in range(n_dev):

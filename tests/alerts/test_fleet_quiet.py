@@ -12,7 +12,7 @@ from alerts import _fleet as kn
 from alerts.episodes import EpisodeDetector, EpisodeEvent, EpisodeState
 from alerts.fleet import FleetEpisodes
 from tests.alerts.reference import CLEAR, END, MET, NEUTRAL, Reading
-from tests.alerts.test_episodes import T0, detectors
+from tests.alerts.test_episodes import T0, detector_of, detectors
 from tests.alerts.test_fleet import _scalar_reference, keyed, run_both
 
 __all__ = ["_scalar_reference"]  # the fixture (autouse) applies here too
@@ -32,14 +32,7 @@ def test_settle_quiet_leaves_the_row_as_settle_does(
     data: st.DataObject, params: tuple[float, float, float | None], track_path: bool
 ) -> None:
     """A quiet row with any core and buffer: every column and slot as ``_settle`` leaves it."""
-    open_s, close_s, gap_s = params
-    det = EpisodeDetector(
-        open_after_s=open_s,
-        close_after_s=close_s,
-        lateness_s=30,
-        max_gap_s=gap_s,
-        track_path=track_path,
-    )
+    det = detector_of(params, track_path=track_path)
     p = _params(det)
     cap = data.draw(st.sampled_from([2, 3, 8, 48]))
     rows, d = 3, data.draw(st.integers(0, 2))
@@ -129,14 +122,8 @@ def test_quiet_rows_past_their_capacity_equal_the_python_detector(
     data: st.DataObject, params: tuple[float, float, float | None]
 ) -> None:
     """Non-meeting readings well past a row's capacity, then meeting ones; every event, state."""
-    open_s, close_s, gap_s = params
-    det = EpisodeDetector(
-        open_after_s=open_s,
-        close_after_s=close_s,
-        lateness_s=30,
-        max_gap_s=gap_s,
-        report_progress=data.draw(st.booleans()),
-        track_path=data.draw(st.booleans()),
+    det = detector_of(
+        params, report_progress=data.draw(st.booleans()), track_path=data.draw(st.booleans())
     )
     capacity = data.draw(st.sampled_from([2, 3, 5, 8, 48]))
     n_dev = data.draw(st.integers(1, 3))
