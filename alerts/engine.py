@@ -216,11 +216,9 @@ class AlertEngine:
         self.geometry = FleetGeometry(registry)
         self.filings = FilingIndex(self._filings, self.geometry)
         self._route_ids: list[str] = []
-        #: Service-window edges of open episodes: deviation's window end, out of hours' next start.
-        self._edges = (
-            WindowEdges(self.geometry, start=False),
-            WindowEdges(self.geometry, start=True),
-        )
+        #: Service-window edges of open episodes: deviation's window end, out of hours' next
+        #: start (made by set_registry, with the geometry they belong to).
+        self._edges: tuple[WindowEdges, WindowEdges]
         self.set_registry(registry)
 
     # -- configuration ---------------------------------------------------------------------
