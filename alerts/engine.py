@@ -28,16 +28,18 @@ or they are in the database that the state was rebuilt from.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from alerts import _fleet as kn
 from alerts.episodes import EpisodeState, Parking
-from alerts.fleet import NO_TS, FleetEpisodes
+from alerts.fleet import ACTIONS, NO_TS, FleetEpisodes
 from alerts.geometry import Filing, FilingIndex, FleetGeometry, WindowEdges
 from alerts.rules import (
     AlertEvent,
@@ -45,6 +47,7 @@ from alerts.rules import (
     DeviceFault,
     DeviceOffline,
     FaultState,
+    FleetAlerts,
     OfflineBook,
     OfflineState,
     OutOfHours,
@@ -53,15 +56,24 @@ from alerts.rules import (
     RouteDeviation,
     SmokeAlarm,
     Speeding,
+    ended_ms,
 )
 from alerts.store import EpisodeChange
 from alerts.warm import warm_up
-from core.registry import Registry
+from core.registry import Device, Registry
 from core.settings import Settings
 from geofence import speed_limit_kmh
 from ingest import IngestBatch
 
-__all__ = ["SKEW_TOLERANCE_MS", "AlertEngine", "Clock", "RuleSet", "coalesce"]
+__all__ = [
+    "SKEW_TOLERANCE_MS",
+    "AlertEngine",
+    "Clock",
+    "RuleSet",
+    "coalesce",
+    "coalesce_columns",
+    "fleet_changes",
+]
 
 Clock = Literal["live", "event"]
 _F64 = npt.NDArray[np.float64]
@@ -280,7 +292,7 @@ class AlertEngine:
         edges are left out (latched alarms are seeded from their alert rows, and
         a press already resolved must not latch again).
         """
-        events: dict[int, list[AlertEvent]] = defaultdict(list)
+        events = _Found()
         channels = [batch.gps, batch.heartbeat, batch.smoke, batch.button]
         top = max((int(c.device_key.max()) for c in channels if len(c)), default=-1)
         if top < 0:
@@ -319,7 +331,7 @@ class AlertEngine:
         offset[np.abs(offset) < SKEW_TOLERANCE_MS] = 0
         self._offset_ms[keys[last]] = offset
 
-    def _heard(self, channels: Sequence[Any], events: dict[int, list[AlertEvent]]) -> None:
+    def _heard(self, channels: Sequence[Any], events: _Found) -> None:
         keys = np.concatenate([c.device_key for c in channels]).astype(np.int64)
         if self.clock == "event":
             heard = np.concatenate([c.ts_ms for c in channels])
@@ -336,9 +348,7 @@ class AlertEngine:
         for d, evs in found.items():
             events[d] += evs
 
-    def _gps(
-        self, batch: IngestBatch, events: dict[int, list[AlertEvent]], *, replay: bool
-    ) -> None:
+    def _gps(self, batch: IngestBatch, events: _Found, *, replay: bool) -> None:
         gps = batch.gps
         if len(gps) == 0 or not gps.new.any():
             return
@@ -491,7 +501,7 @@ class AlertEngine:
         self._last_y[k] = y[last][newer]
         return speed
 
-    def _smoke(self, batch: IngestBatch, events: dict[int, list[AlertEvent]]) -> None:
+    def _smoke(self, batch: IngestBatch, events: _Found) -> None:
         smoke = batch.smoke
         for key, rows in _by_device(smoke.device_key, smoke.new):
             self._busy.add(key)
@@ -509,9 +519,7 @@ class AlertEngine:
                 self.states.fault[key], ts_ms=ts, smoke_state=state
             )
 
-    def _button(
-        self, batch: IngestBatch, events: dict[int, list[AlertEvent]], *, replay: bool
-    ) -> None:
+    def _button(self, batch: IngestBatch, events: _Found, *, replay: bool) -> None:
         button = batch.button
         for key, rows in _by_device(button.device_key, button.new):
             self._busy.add(key)
@@ -528,7 +536,11 @@ class AlertEngine:
             )
 
     @staticmethod
-    def _collect(events: dict[int, list[AlertEvent]], found: dict[int, list[AlertEvent]]) -> None:
+    def _collect(events: _Found, found: Mapping[int, list[AlertEvent]]) -> None:
+        if isinstance(found, FleetAlerts):
+            # Kept as columns; the Python detector's events join the others.
+            events.columns.append(found)
+            found = found.python
         for d, evs in found.items():
             events[d] += evs
 
@@ -554,20 +566,20 @@ class AlertEngine:
         ):
             return []
         self._last_tick_ms = now
-        events: dict[int, list[AlertEvent]] = defaultdict(list)
+        events = _Found()
         wm = now - self._lateness_ms
         self._advance_episode_rules(wm, events)
         self._advance_offline(now if self.clock == "live" else wm, events)
         return self._changes(events)
 
-    def _advance_episode_rules(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
+    def _advance_episode_rules(self, wm: int, events: _Found) -> None:
         """Advance the devices that may have something under way (:attr:`_busy`)."""
         if self._busy:
             self._advance_gps_rules(wm, events)
         if self._busy_py:
             self._advance_other_rules(wm, events)
 
-    def _advance_gps_rules(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
+    def _advance_gps_rules(self, wm: int, events: _Found) -> None:
         """The GPS episode rules, for every busy device at once (compiled)."""
         r, st = self.rules, self.states
         keys = np.fromiter(sorted(self._busy), np.int64, len(self._busy))
@@ -604,7 +616,7 @@ class AlertEngine:
         if quiet.any():
             self._busy.difference_update(keys[quiet].tolist())
 
-    def _advance_other_rules(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
+    def _advance_other_rules(self, wm: int, events: _Found) -> None:
         """Smoke, clock skew, panic and fault, device by device (:attr:`_busy_py`)."""
         r, st = self.rules, self.states
         wall = self._wall_ms()
@@ -646,7 +658,7 @@ class AlertEngine:
             cuts[g[ok]] = edge[ok]
         return cuts
 
-    def _advance_offline(self, wm: int, events: dict[int, list[AlertEvent]]) -> None:
+    def _advance_offline(self, wm: int, events: _Found) -> None:
         if self._offline_keys is None:
             self._offline_keys = np.asarray(
                 [k for k, d in self.registry.devices.items() if not d.retired], dtype=np.int64
@@ -714,20 +726,33 @@ class AlertEngine:
 
     # -- output ------------------------------------------------------------------------------
 
-    def _changes(self, events: dict[int, list[AlertEvent]]) -> list[EpisodeChange]:
+    def _changes(self, events: _Found) -> list[EpisodeChange]:
         out: list[EpisodeChange] = []
+        devices = self.registry.devices
         for key, evs in events.items():
             if not evs:
                 continue
             self._busy.add(key)
             if any(ev.kind in _PY_KINDS for ev in evs):
                 self._busy_py.add(key)
-            device = self.registry.devices.get(key)
+            device = devices.get(key)
             if device is None:
                 continue
             for ev in coalesce(evs):
                 out.append(to_change(device.id, ev))
+        for found in events.columns:
+            self._busy.update(found.events.device.tolist())
+            out += fleet_changes(found, devices)
         return out
+
+
+class _Found(defaultdict[int, list[AlertEvent]]):
+    """One process or tick's alert events per device; fleet runs' kept apart as columns."""
+
+    def __init__(self) -> None:
+        super().__init__(list)
+        #: Fleet runs' events (their Python detector's events are in the mapping).
+        self.columns: list[FleetAlerts] = []
 
 
 def _idle(state: EpisodeState, lot: Parking | None, key: int) -> bool:
@@ -777,6 +802,93 @@ def coalesce(events: Sequence[AlertEvent]) -> list[AlertEvent]:
     return out
 
 
+def fleet_changes(found: FleetAlerts, devices: Mapping[int, Device]) -> list[EpisodeChange]:
+    """The store changes of a fleet run's columns: :func:`coalesce` and :func:`to_change`.
+
+    The same changes, in the same order per device, as those two give of the
+    run's :class:`AlertEvent`s, without making one per event; details are
+    built only for the events that coalescing keeps. Devices not in
+    ``devices`` are left out; so are the run's Python detector's events
+    (``found.python``).
+    """
+    ev = found.events
+    if ev.device.size == 0:
+        return []
+    rows, action, ended = coalesce_columns(
+        ev.device, ev.ints[:, kn.M_NUMBER], ev.ints[:, kn.M_LATE], ev.action, ended_ms(ev)
+    )
+    i = ev.ints[rows]
+    kind = found.kind
+    columns = zip(
+        ev.device[rows].tolist(),
+        action.tolist(),
+        i[:, kn.M_STARTED].tolist(),
+        ended.tolist(),
+        (i[:, kn.M_LATE] != 0).tolist(),
+        found.details(rows),
+        strict=True,
+    )
+    out: list[EpisodeChange] = []
+    for key, a, started, end, late, details in columns:
+        device = devices.get(key)
+        if device is None:
+            continue
+        # As to_change gives it (no fault source), positional in field order.
+        out.append(
+            EpisodeChange(
+                ACTIONS[a],
+                kind,
+                device.id,
+                _dt(started),
+                None if end == NO_TS else _dt(end),
+                details,
+                "~late" if late else "",
+                late,
+            )
+        )
+    return out
+
+
+def coalesce_columns(
+    device: _I64, number: _I64, late: _I64, action: _I64, ended_ms: _I64
+) -> tuple[_I64, _I64, _I64]:
+    """:func:`coalesce` of events given as columns: (rows, actions, ``ended_at_ms``) to store.
+
+    Events are grouped per episode (device, number, late); each group gives
+    one open (it opened) or update (it did not close) from its latest event,
+    without an end, and then its close if its latest event is one. Groups
+    come in the order of their first event, a group's open before its close,
+    as :func:`coalesce` gives them device by device. ``ended_ms`` is
+    :data:`NO_TS` for none; ``action`` holds the codes of :data:`ACTIONS`.
+    """
+    n = device.size
+    if n == 0:
+        none = np.zeros(0, np.int64)
+        return none, none, none
+    order = np.lexsort((late, number, device))  # stable: a group's events stay in order
+    d, nb, lt = device[order], number[order], late[order]
+    new_group = np.ones(n, np.bool_)
+    new_group[1:] = (d[1:] != d[:-1]) | (nb[1:] != nb[:-1]) | (lt[1:] != lt[:-1])
+    start = np.flatnonzero(new_group)
+    first = order[start]
+    last = order[np.append(start[1:], n) - 1]
+    opened = np.logical_or.reduceat(action[order] == kn.OPEN, start)
+    closed = action[last] == kn.CLOSE
+    lead = opened | ~closed
+    rows = np.concatenate([last[lead], last[closed]])
+    actions = np.concatenate(
+        [np.where(opened[lead], kn.OPEN, kn.UPDATE), np.full(int(closed.sum()), kn.CLOSE)]
+    )
+    ended = np.concatenate([np.full(int(lead.sum()), NO_TS), ended_ms[last[closed]]])
+    # Back in the order of each group's first event, its open or update before its close.
+    at = np.concatenate([first[lead], first[closed]])
+    then = np.concatenate(
+        [np.zeros(int(lead.sum()), np.int64), np.ones(int(closed.sum()), np.int64)]
+    )
+    keep = np.lexsort((then, at))
+    return rows[keep], actions[keep].astype(np.int64), ended[keep].astype(np.int64)
+
+
 def _with(ev: AlertEvent, action: Any) -> AlertEvent:
     return AlertEvent(
         kind=ev.kind,
@@ -791,7 +903,9 @@ def _with(ev: AlertEvent, action: Any) -> AlertEvent:
     )
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _dt(ms: int) -> dt.datetime:
+    # Cached: an open episode's every update repeats its start (datetimes are immutable).
     return dt.datetime.fromtimestamp(ms / 1000.0, dt.UTC)
 
 

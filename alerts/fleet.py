@@ -90,7 +90,7 @@ class FleetEvents:
     row per event of the rows, in order; ``python`` the events of devices
     the Python detector ran (a device's events are all in one or the other).
     :meth:`by_device` gives them as :class:`EpisodeEvent`s; the rules build
-    their alerts from the columns directly (:func:`alerts.rules._alerts_of`).
+    their alerts from the columns directly (:class:`alerts.rules.FleetAlerts`).
     """
 
     device: _I64
@@ -98,6 +98,10 @@ class FleetEvents:
     ints: _I64
     floats: _F64
     python: dict[int, list[EpisodeEvent]] = field(default_factory=dict)
+
+    def take(self, rows: _I64) -> FleetEvents:
+        """The events of the rows ``rows``, in that order (without the Python detector's)."""
+        return FleetEvents(self.device[rows], self.action[rows], self.ints[rows], self.floats[rows])
 
     def by_device(self) -> dict[int, list[EpisodeEvent]]:
         """Every event as an :class:`EpisodeEvent`, per device, in order."""

@@ -66,7 +66,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final, NamedTuple
@@ -95,6 +95,7 @@ __all__ = [
     "DeviceFault",
     "DeviceOffline",
     "FaultState",
+    "FleetAlerts",
     "OfflineBook",
     "OfflineState",
     "OutOfHours",
@@ -253,44 +254,96 @@ def _alerts(
 _DetailColumns = Callable[[FleetEvents], list[dict[str, Any]]]
 
 
-def _alerts_of(
-    kind: str,
-    ev: FleetEvents,
-    columns: _DetailColumns,
-    details: Callable[[Episode], dict[str, Any]],
-) -> dict[int, list[AlertEvent]]:
-    """:func:`_alerts` of a fleet run's events per device, details built per column."""
-    out: dict[int, list[AlertEvent]] = {}
-    if ev.device.size:
-        i = ev.ints
-        closed = i[:, kn.M_CLOSED]
-        is_closed = closed != NO_TS
-        action = ev.action
-        # _at: the opening reading, the close, else the latest meeting reading.
-        at = np.where(
-            action == kn.OPEN,
-            i[:, kn.M_OPENED],
-            np.where((action == kn.CLOSE) & is_closed, closed, i[:, kn.M_LAST_MET]),
-        )
-        rows = zip(
-            ev.device.tolist(),
-            action.tolist(),
-            i[:, kn.M_NUMBER].tolist(),
-            i[:, kn.M_STARTED].tolist(),
-            np.where(is_closed, i[:, kn.M_LAST_MET], NO_TS).tolist(),
-            at.tolist(),
-            (i[:, kn.M_LATE] != 0).tolist(),
-            columns(ev),
-            strict=True,
-        )
-        for d, a, number, started, ended, at_ms, late, det in rows:
-            # Positional, in field order (one per event).
-            end = None if ended == NO_TS else ended
-            alert = AlertEvent(kind, ACTIONS[a], number, None, started, end, at_ms, late, det)
-            out.setdefault(d, []).append(alert)
-    for d, evs in ev.python.items():
-        out.setdefault(d, []).extend(_alerts(kind, evs, details))
-    return out
+class FleetAlerts(Mapping[int, list[AlertEvent]]):
+    """The alert events of one fleet run: the rows' as columns, the Python detector's as objects.
+
+    As a mapping it is what :func:`_alerts` gives per device (every event an
+    :class:`AlertEvent`, made on first use). The engine reads the columns
+    instead (:attr:`events`, :meth:`details`, :attr:`python`) and turns them
+    into store changes without an :class:`AlertEvent` per event
+    (:func:`alerts.engine.coalesce_columns`).
+    """
+
+    __slots__ = ("_built", "_columns", "events", "kind", "python")
+
+    def __init__(
+        self,
+        kind: str,
+        events: FleetEvents,
+        columns: _DetailColumns,
+        details: Callable[[Episode], dict[str, Any]],
+    ) -> None:
+        self.kind = kind
+        #: The rows' events (their ``python`` part is in :attr:`python`).
+        self.events = events
+        #: The Python detector's events, per device, as alert events.
+        self.python = {d: _alerts(kind, evs, details) for d, evs in events.python.items()}
+        self._columns = columns
+        self._built: dict[int, list[AlertEvent]] | None = None
+
+    def details(self, rows: _I64) -> list[dict[str, Any]]:
+        """The details of the rows' events ``rows``, in that order."""
+        return self._columns(self.events.take(rows))
+
+    def __getitem__(self, device: int) -> list[AlertEvent]:
+        return self._dict()[device]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def _dict(self) -> dict[int, list[AlertEvent]]:
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    def _build(self) -> dict[int, list[AlertEvent]]:
+        out: dict[int, list[AlertEvent]] = {}
+        ev = self.events
+        if ev.device.size:
+            i = ev.ints
+            action = ev.action
+            # _at: the opening reading, the close, else the latest meeting reading.
+            at = np.where(
+                action == kn.OPEN,
+                i[:, kn.M_OPENED],
+                np.where(
+                    (action == kn.CLOSE) & is_closed(ev), i[:, kn.M_CLOSED], i[:, kn.M_LAST_MET]
+                ),
+            )
+            rows = zip(
+                ev.device.tolist(),
+                action.tolist(),
+                i[:, kn.M_NUMBER].tolist(),
+                i[:, kn.M_STARTED].tolist(),
+                ended_ms(ev).tolist(),
+                at.tolist(),
+                (i[:, kn.M_LATE] != 0).tolist(),
+                self._columns(ev),
+                strict=True,
+            )
+            kind = self.kind
+            for d, a, number, started, ended, at_ms, late, det in rows:
+                # Positional, in field order (one per event).
+                end = None if ended == NO_TS else ended
+                alert = AlertEvent(kind, ACTIONS[a], number, None, started, end, at_ms, late, det)
+                out.setdefault(d, []).append(alert)
+        for d, evs in self.python.items():
+            out.setdefault(d, []).extend(evs)
+        return out
+
+
+def is_closed(ev: FleetEvents) -> _BOOL:
+    """Whether each event's episode has closed."""
+    closed: _BOOL = ev.ints[:, kn.M_CLOSED] != NO_TS
+    return closed
+
+
+def ended_ms(ev: FleetEvents) -> _I64:
+    """Each event's ``ended_at_ms``: its last meeting reading once closed, else :data:`NO_TS`."""
+    return np.where(is_closed(ev), ev.ints[:, kn.M_LAST_MET], NO_TS)
 
 
 def round_column(values: _F64, digits: int) -> list[float]:
@@ -307,38 +360,52 @@ def round_column(values: _F64, digits: int) -> list[float]:
     with np.errstate(all="ignore"):  # inf and NaN are left to round()
         scaled = values * scale
         out: list[float] = (np.rint(scaled) / scale).tolist()
-        off_half = np.abs(scaled - np.floor(scaled) - 0.5)
-        doubtful = ~(off_half > 8.0 * np.spacing(np.abs(scaled))) | ~(np.abs(scaled) < 2.0**52)
+        doubtful = _doubtful(scaled)
     for i in np.flatnonzero(doubtful).tolist():
         out[i] = round(float(values[i]), digits)
     return out
 
 
-def _num_column(values: _F64, digits: int) -> list[float | None]:
-    """:func:`_num` of each value."""
-    return [
-        None if v != v else r
-        for v, r in zip(values.tolist(), round_column(values, digits), strict=True)
-    ]
+def round_rows(values: _F64, digits: Sequence[int]) -> list[list[float]]:
+    """:func:`round_column` of each column of ``values`` (rows, columns) at its ``digits``."""
+    scale = np.array([10.0**d for d in digits])
+    with np.errstate(all="ignore"):
+        scaled = values * scale
+        out: list[list[float]] = (np.rint(scaled) / scale).tolist()
+        doubtful = _doubtful(scaled)
+    for r, c in zip(*np.nonzero(doubtful), strict=True):
+        out[r][c] = round(float(values[r, c]), digits[c])
+    return out
 
 
-def _pos_column(lon: _F64, lat: _F64) -> list[list[float] | None]:
-    """:func:`_pos` of each pair."""
-    return [
-        None if x != x or y != y else [x7, y7]
-        for x, y, x7, y7 in zip(
-            lon.tolist(), lat.tolist(), round_column(lon, 7), round_column(lat, 7), strict=True
-        )
-    ]
+def _doubtful(scaled: _F64) -> npt.NDArray[np.bool_]:
+    """Where ``rint`` of a scaled value might not be Python's ``round`` (see round_column)."""
+    off_half = np.abs(scaled - np.floor(scaled) - 0.5)
+    doubtful: npt.NDArray[np.bool_] = ~(off_half > 8.0 * np.spacing(np.abs(scaled))) | ~(
+        np.abs(scaled) < 2.0**52
+    )
+    return doubtful
 
 
-def _track_columns(ev: FleetEvents) -> tuple[list[float], list[Any], list[Any]]:
-    """:func:`_track`'s duration, start and end of each event."""
+def _track_rows(ev: FleetEvents, *lead: tuple[_F64, int]) -> list[list[float]]:
+    """Per event: the ``lead`` columns rounded to their digits, then :func:`_track`'s numbers.
+
+    Those are the duration (s, 3 decimals) and the start and end longitude and
+    latitude (7 decimals); :func:`_point` makes a position of a pair.
+    """
     i, f = ev.ints, ev.floats
-    duration = round_column((i[:, kn.M_LAST_MET] - i[:, kn.M_STARTED]) / 1000.0, 3)
-    start = _pos_column(f[:, kn.A_START_LON], f[:, kn.A_START_LAT])
-    end = _pos_column(f[:, kn.A_END_LON], f[:, kn.A_END_LAT])
-    return duration, start, end
+    duration = (i[:, kn.M_LAST_MET] - i[:, kn.M_STARTED]) / 1000.0
+    track = [
+        duration,
+        *(f[:, c] for c in (kn.A_START_LON, kn.A_START_LAT, kn.A_END_LON, kn.A_END_LAT)),
+    ]
+    values = np.column_stack([*(v for v, _ in lead), *track])
+    return round_rows(values, [*(d for _, d in lead), 3, 7, 7, 7, 7])
+
+
+def _point(lon7: float, lat7: float) -> list[float] | None:
+    """:func:`_pos` of an already rounded pair."""
+    return None if lon7 != lon7 or lat7 != lat7 else [lon7, lat7]
 
 
 def _edge_detector(lateness_s: float) -> EpisodeDetector:
@@ -423,7 +490,7 @@ class _EpisodeRule:
         cut_ms: _I64 | None = None,
         details: Callable[[Episode], dict[str, Any]] | None = None,
         route_ids: Sequence[str] | None = None,
-    ) -> dict[int, list[AlertEvent]]:
+    ) -> Mapping[int, list[AlertEvent]]:
         """:meth:`advance` of the devices ``keys`` held by ``fleet`` (quiet ones skipped).
 
         ``watermark_ms`` and ``cut_ms`` per key (``cut_ms``: the rule's cut, e.g.
@@ -437,8 +504,8 @@ class _EpisodeRule:
         ev: FleetEvents,
         details: Callable[[Episode], dict[str, Any]] | None,
         route_ids: Sequence[str] | None,
-    ) -> dict[int, list[AlertEvent]]:
-        return _alerts_of(
+    ) -> FleetAlerts:
+        return FleetAlerts(
             self.kind,
             ev,
             lambda e: self._detail_columns(e, route_ids),
@@ -455,7 +522,7 @@ class _EpisodeRule:
         parking: Parking | None = None,
         fleet: FleetEpisodes | None = None,
         route_ids: Sequence[str] | None = None,
-    ) -> dict[int, list[AlertEvent]]:
+    ) -> Mapping[int, list[AlertEvent]]:
         if fleet is not None:
             ev = fleet.feed_events(states, device, ts, **cond)
             return self._fleet_alerts(ev, details, route_ids)
@@ -511,7 +578,7 @@ class Speeding(_EpisodeRule):
         backfill: npt.ArrayLike | None = None,
         parking: Parking | None = None,
         fleet: FleetEpisodes | None = None,
-    ) -> dict[int, list[AlertEvent]]:
+    ) -> Mapping[int, list[AlertEvent]]:
         """:meth:`feed` for a batch of many buses (``device`` indexes ``states``).
 
         ``fleet`` holds the states instead (:class:`alerts.fleet.FleetEpisodes`).
@@ -553,16 +620,16 @@ class Speeding(_EpisodeRule):
         self, ev: FleetEvents, route_ids: Sequence[str] | None
     ) -> list[dict[str, Any]]:
         f = ev.floats
-        duration, start, end = _track_columns(ev)
         return [
-            {"max_speed_kmh": v, "limit_kmh": lim, "duration_s": s, "start": a, "end": b}
-            for v, lim, s, a, b in zip(
-                _num_column(f[:, kn.A_MAX], 1),
-                _num_column(f[:, kn.A_TAG], 1),
-                duration,
-                start,
-                end,
-                strict=True,
+            {
+                "max_speed_kmh": None if v != v else v,
+                "limit_kmh": None if lim != lim else lim,
+                "duration_s": s,
+                "start": _point(x0, y0),
+                "end": _point(x1, y1),
+            }
+            for v, lim, s, x0, y0, x1, y1 in _track_rows(
+                ev, (f[:, kn.A_MAX], 1), (f[:, kn.A_TAG], 1)
             )
         ]
 
@@ -641,7 +708,7 @@ class RouteDeviation(_EpisodeRule):
         backfill: npt.ArrayLike | None = None,
         parking: Parking | None = None,
         fleet: FleetEpisodes | None = None,
-    ) -> dict[int, list[AlertEvent]]:
+    ) -> Mapping[int, list[AlertEvent]]:
         """:meth:`feed` for many buses; ``route_index`` then indexes one shared ``route_ids``."""
         ts = _ts(ts_ms)
         cond = self._cond(
@@ -722,7 +789,7 @@ class RouteDeviation(_EpisodeRule):
         watermark_ms: _I64,
         window_end_ms: _I64,
         route_ids: Sequence[str] | None = None,
-    ) -> dict[int, list[AlertEvent]]:
+    ) -> Mapping[int, list[AlertEvent]]:
         """:meth:`advance` for the devices ``keys`` held by ``fleet`` (per-key arrays)."""
         ids = route_ids
         return self.advance_fleet(
@@ -761,11 +828,16 @@ class RouteDeviation(_EpisodeRule):
             None if t != t or t < 0 else ids[int(t)] if t < len(ids) else int(t) for t in tags
         ]
         top = f[:, kn.A_MAX]
-        max_d = _num_column(np.where(np.isinf(top), np.nan, top), 1)
-        duration, start, end = _track_columns(ev)
+        rows = _track_rows(ev, (np.where(np.isinf(top), np.nan, top), 1))
         return [
-            {"route_id": r, "max_distance_m": m, "duration_s": s, "start": a, "end": b}
-            for r, m, s, a, b in zip(routes, max_d, duration, start, end, strict=True)
+            {
+                "route_id": r,
+                "max_distance_m": None if m != m else m,
+                "duration_s": s,
+                "start": _point(x0, y0),
+                "end": _point(x1, y1),
+            }
+            for r, (m, s, x0, y0, x1, y1) in zip(routes, rows, strict=True)
         ]
 
 
@@ -826,7 +898,7 @@ class OutOfHours(_EpisodeRule):
         backfill: npt.ArrayLike | None = None,
         parking: Parking | None = None,
         fleet: FleetEpisodes | None = None,
-    ) -> dict[int, list[AlertEvent]]:
+    ) -> Mapping[int, list[AlertEvent]]:
         """:meth:`feed` for a batch of many buses (``device`` indexes ``states``)."""
         ts = _ts(ts_ms)
         cond = self._cond(ts.shape[0], speed_kmh, in_service_window, school_day, filing_covers)
@@ -872,15 +944,15 @@ class OutOfHours(_EpisodeRule):
     def _detail_columns(
         self, ev: FleetEvents, route_ids: Sequence[str] | None
     ) -> list[dict[str, Any]]:
-        f = ev.floats
-        path = [
-            None if lon != lon else round(p, 1)
-            for lon, p in zip(f[:, kn.A_START_LON].tolist(), f[:, kn.A_PATH].tolist(), strict=True)
-        ]
-        duration, start, end = _track_columns(ev)
+        # The distance travelled is known once the episode has a start.
         return [
-            {"duration_s": s, "distance_m": p, "start": a, "end": b}
-            for s, p, a, b in zip(duration, path, start, end, strict=True)
+            {
+                "duration_s": s,
+                "distance_m": None if x0 != x0 else p,
+                "start": _point(x0, y0),
+                "end": _point(x1, y1),
+            }
+            for p, s, x0, y0, x1, y1 in _track_rows(ev, (ev.floats[:, kn.A_PATH], 1))
         ]
 
 
@@ -1809,7 +1881,7 @@ class ClockSkew(_EpisodeRule):
         live_clock: bool,
         backfill: npt.ArrayLike | None = None,
         parking: Parking | None = None,
-    ) -> dict[int, list[AlertEvent]]:
+    ) -> Mapping[int, list[AlertEvent]]:
         """:meth:`feed` for a batch of many devices (``device`` indexes ``states``)."""
         if not live_clock:
             return {}

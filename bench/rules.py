@@ -36,9 +36,12 @@ pinned core:
   The 48 timed batches are one whole such cycle, that batch included, so
   the figure is the engine's mean cost over time. The machine is noisy
   (the same round varies by up to a third between runs), so the engine
-  runs ``--engine-rounds`` (3) rounds, each on a fresh engine, the best
-  counts (``engine_rounds_fixes_per_s`` lists them all, and
-  ``ratio_vs_shapely_rounds`` each one's ratio);
+  runs ``--engine-rounds`` (5) rounds, each on a fresh engine and each
+  followed at once by a round of both shapely baselines below, so that
+  engine and baseline are timed in the same few seconds; the best round of
+  each counts (``engine_rounds_fixes_per_s`` lists the engine's rounds,
+  ``ratio_vs_shapely_rounds`` each round's ratio to the faster baseline of
+  the same round, ``ratio_vs_shapely_rounds_median`` their median);
   ``process_*`` figures leave the tick out;
 * ``shapely_fixes_per_s``: the faster of vectorized ``shapely.distance`` and
   prepared ``shapely.dwithin(route, point, corridor)`` from each fix to each
@@ -90,7 +93,8 @@ speed zone, nearer what a fleet shows (the simulator's default scenario day
 has 17 alerts over 40 buses and 60 h, one bus in ~2,500 in an episode at a
 time).
 
-The baselines run ``--rounds`` (3) interleaved rounds, the best counts. After
+The other baselines (kernel, loop, ingest) run ``--rounds`` (3)
+interleaved rounds after the engine's, the best counts. After
 the timed batches the same engine runs ``--profile-batches`` (1) more under
 cProfile (not timed): ``profile_parts`` gives the cumulative share of the
 engine's main steps, ``profile_top`` the functions with the largest own
@@ -676,6 +680,60 @@ def engine_round(
     )
 
 
+@dataclass
+class Paired:
+    """Engine rounds, each followed at once by a round of both shapely baselines."""
+
+    runs: list[EngineRun]
+    #: CPU seconds of shapely.distance and of prepared dwithin, one pair per round.
+    shapely_s: list[tuple[float, float]]
+    lines: npt.NDArray[np.object_]
+    prepared: npt.NDArray[np.object_]
+    inputs: ShapelyInputs
+
+    def shapely_best_s(self) -> float:
+        """The faster baseline's best round."""
+        return min(min(pair) for pair in self.shapely_s)
+
+    def ratios(self, n_fixes: int) -> list[float]:
+        """Each round's engine rate over the faster baseline's rate in the same round."""
+        return [
+            round(min(pair) / (r.process_cpu_s + r.tick_cpu_s), 2)
+            for r, pair in zip(self.runs, self.shapely_s, strict=True)
+        ]
+
+
+def paired_rounds(
+    registry: Registry, warm: list[IngestBatch], timed: list[IngestBatch], rounds: int
+) -> Paired:
+    """``rounds`` engine rounds, each followed at once by a round of both shapely baselines.
+
+    The machine's speed drifts (by up to a third between runs minutes apart),
+    so each engine round is compared with baselines timed right after it.
+    The last engine stays in memory (``runs[-1].engine``).
+    """
+    runs: list[EngineRun] = []
+    shapely_s: list[tuple[float, float]] = []
+    baseline: tuple[npt.NDArray[np.object_], npt.NDArray[np.object_], ShapelyInputs] | None = None
+    for _ in range(rounds):
+        if runs:
+            runs[-1].engine = None  # one engine in memory at a time
+        run = engine_round(registry, warm, timed)
+        runs.append(run)
+        if baseline is None:
+            assert run.engine is not None
+            lines = run.engine.geometry.routes.lines
+            prepared = shapely.from_wkb(shapely.to_wkb(lines))
+            shapely.prepare(prepared)
+            baseline = (lines, prepared, shapely_inputs(run.engine, timed))
+        lines, prepared, inputs = baseline
+        distance_s = cpu_s(functools.partial(shapely_distance, lines, inputs))[0]
+        dwithin_s = cpu_s(functools.partial(shapely_dwithin, prepared, inputs))[0]
+        shapely_s.append((distance_s, dwithin_s))
+    assert baseline is not None
+    return Paired(runs, shapely_s, *baseline)
+
+
 #: Functions whose cumulative share of the profile is reported, by (file, name).
 PROFILE_PARTS = {
     ("alerts/engine.py", "process"): "AlertEngine.process",
@@ -774,25 +832,16 @@ def typical_run(args: argparse.Namespace) -> dict[str, Any]:
     )
     warm, timed = batches[: args.warmup], batches[args.warmup :]
     n_fixes = sum(len(b.gps) for b in timed)
-    runs = []
-    for _ in range(args.engine_rounds):
-        if runs:
-            runs[-1].engine = None
-        runs.append(engine_round(fleet.registry, warm, timed))
+    paired = paired_rounds(fleet.registry, warm, timed, args.engine_rounds)
+    runs = paired.runs
     run = min(runs, key=lambda r: r.process_cpu_s + r.tick_cpu_s)
-    engine = runs[-1].engine
-    assert engine is not None
-    lines = engine.geometry.routes.lines
-    prepared = shapely.from_wkb(shapely.to_wkb(lines))
-    shapely.prepare(prepared)
-    inputs = shapely_inputs(engine, timed)
     chunks = ingest_payloads(fleet, timed)
     directory = {d.id: d.key for d in fleet.registry.devices.values()}
-    distance_s = dwithin_s = ingest_s = math.inf
+    ingest_s = math.inf
     for _ in range(args.rounds):
-        distance_s = min(distance_s, cpu_s(functools.partial(shapely_distance, lines, inputs))[0])
-        dwithin_s = min(dwithin_s, cpu_s(functools.partial(shapely_dwithin, prepared, inputs))[0])
         ingest_s = min(ingest_s, cpu_s(functools.partial(run_ingest, chunks, directory))[0])
+    distance_s = min(d for d, _ in paired.shapely_s)
+    dwithin_s = min(w for _, w in paired.shapely_s)
     engine_s = run.process_cpu_s + run.tick_cpu_s
     fps = n_fixes / engine_s
     # The faster of the two, as for the stress fleet.
@@ -812,9 +861,8 @@ def typical_run(args: argparse.Namespace) -> dict[str, Any]:
         "engine_rounds_fixes_per_s": [
             round(n_fixes / (r.process_cpu_s + r.tick_cpu_s)) for r in runs
         ],
-        "ratio_vs_shapely_rounds": [
-            round(n_fixes / (r.process_cpu_s + r.tick_cpu_s) / shapely_fps, 2) for r in runs
-        ],
+        "ratio_vs_shapely_rounds": paired.ratios(n_fixes),
+        "ratio_vs_shapely_rounds_median": float(np.median(paired.ratios(n_fixes))),
         "alert_changes": run.changes,
     }
 
@@ -833,7 +881,9 @@ def main() -> None:
     )
     parser.add_argument("--profile-batches", type=int, default=1, help="batches profiled after")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the baselines")
-    parser.add_argument("--engine-rounds", type=int, default=3, help="rounds of the engine")
+    parser.add_argument(
+        "--engine-rounds", type=int, default=5, help="rounds of the engine and shapely"
+    )
     parser.add_argument(
         "--typical-scale",
         type=float,
@@ -862,23 +912,16 @@ def main() -> None:
     directory = {d.id: d.key for d in fleet.registry.devices.values()}
     setup_s = time.perf_counter() - t0
 
-    # The engine, first: its rounds are long (the tick grows with the readings kept aside).
-    runs: list[EngineRun] = []
-    for _ in range(args.engine_rounds):
-        if runs:
-            runs[-1].engine = None  # one engine in memory at a time
-        runs.append(engine_round(fleet.registry, warm, timed))
+    paired = paired_rounds(fleet.registry, warm, timed, args.engine_rounds)
+    runs = paired.runs
     run = min(runs, key=lambda r: r.process_cpu_s + r.tick_cpu_s)
     engine = runs[-1].engine
     assert engine is not None
     profile_top, profile_parts = profile_engine(engine, profiled, top=12)
 
-    # Shapely and the kernel on the engine's projected fixes, checked against each other.
+    # The kernel on the engine's projected fixes, checked against shapely.
     geometry = engine.geometry
-    lines = geometry.routes.lines
-    prepared = shapely.from_wkb(shapely.to_wkb(lines))
-    shapely.prepare(prepared)
-    inputs = shapely_inputs(engine, timed)
+    lines, prepared, inputs = paired.lines, paired.prepared, paired.inputs
     projected = []
     for b in timed:
         x, y = geometry.project(b.gps.lon, b.gps.lat)
@@ -902,8 +945,6 @@ def main() -> None:
         loop.feed_all(warm)
         loop.opened = dict.fromkeys(loop.opened, 0)
         contenders: dict[str, Callable[[], object]] = {
-            "shapely_distance": functools.partial(shapely_distance, lines, inputs),
-            "shapely_dwithin": functools.partial(shapely_dwithin, prepared, inputs),
             "kernel": functools.partial(kernel_distances, engine, projected),
             "loop": functools.partial(loop.feed_all, loop_batches),
             "ingest": functools.partial(run_ingest, chunks, directory),
@@ -915,8 +956,8 @@ def main() -> None:
 
     engine_s = run.process_cpu_s + run.tick_cpu_s
     fps = n_fixes / engine_s
-    shapely_distance_fps = n_fixes / best["shapely_distance"]
-    shapely_dwithin_fps = n_fixes / best["shapely_dwithin"]
+    shapely_distance_fps = n_fixes / min(d for d, _ in paired.shapely_s)
+    shapely_dwithin_fps = n_fixes / min(w for _, w in paired.shapely_s)
     shapely_fps = max(shapely_distance_fps, shapely_dwithin_fps)
     kernel_fps = n_fixes / best["kernel"]
     loop_fps = sum(len(b.gps) for b in loop_batches) / best["loop"]
@@ -961,9 +1002,8 @@ def main() -> None:
         "engine_rounds_fixes_per_s": [
             round(n_fixes / (r.process_cpu_s + r.tick_cpu_s)) for r in runs
         ],
-        "ratio_vs_shapely_rounds": [
-            round(n_fixes / (r.process_cpu_s + r.tick_cpu_s) / shapely_fps, 2) for r in runs
-        ],
+        "ratio_vs_shapely_rounds": paired.ratios(n_fixes),
+        "ratio_vs_shapely_rounds_median": float(np.median(paired.ratios(n_fixes))),
         "alert_changes": run.changes,
         "loop_opened": loop_opened,
         "max_abs_error_m": max_error_m,

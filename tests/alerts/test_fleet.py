@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pytest
@@ -13,6 +14,9 @@ from hypothesis import strategies as st
 from alerts import _core
 from alerts.episodes import EpisodeDetector, EpisodeEvent, EpisodeState
 from alerts.fleet import NO_TS, FleetEpisodes
+from alerts.rules import AlertEvent, FleetAlerts
+from alerts.store import EpisodeChange
+from core.registry import Device
 from tests.alerts.reference import CLEAR, END, MET, NEUTRAL, Reading
 from tests.alerts.test_episodes import (
     T0,
@@ -95,6 +99,43 @@ def run_both(
             assert keyed(got.get(d, [])) == keyed(want.get(d, [])), f"device {d} after a tick"
         assert fleet.quiet(keys, rows).tolist() == [s.quiet for s in ref]
     return fleet, ref, rows
+
+
+#: Every device of the rules tests below, as the registry knows them.
+_DEVICES = {
+    k: Device(
+        key=k,
+        id=f"gps-{k}",
+        kind="gps",
+        bus_id=None,
+        school_id=None,
+        operator_id=None,
+        district_id=None,
+        offline_after_s=300,
+        registered_at=dt.datetime(2026, 9, 1, tzinfo=dt.UTC),
+        retired=False,
+    )
+    for k in range(4)  # device 4 is not registered: its changes are left out
+}
+
+
+def assert_same_changes(found: object, want: Mapping[int, list[AlertEvent]]) -> None:
+    """The engine's changes of a fleet run's columns are those of its alert events."""
+    from alerts.engine import coalesce, fleet_changes, to_change
+
+    assert isinstance(found, FleetAlerts)
+    expected = {
+        _DEVICES[d].id: [to_change(_DEVICES[d].id, ev) for ev in coalesce(evs)]
+        for d, evs in want.items()
+        if evs and d in _DEVICES
+    }
+    got: dict[str, list[EpisodeChange]] = {}
+    for change in fleet_changes(found, _DEVICES):
+        got.setdefault(change.device_id, []).append(change)
+    for d, evs in found.python.items():
+        if d in _DEVICES:
+            got[_DEVICES[d].id] = [to_change(_DEVICES[d].id, ev) for ev in coalesce(evs)]
+    assert got == expected
 
 
 @PROP
@@ -306,6 +347,8 @@ def test_rules_give_the_same_alerts_through_the_fleet(
             if fleet_kw is None:
                 want = got
         assert got == want
+        for found, events in zip(got, want, strict=True):
+            assert_same_changes(found, events)
         for found in got:
             for evs in found.values():
                 for ev in evs:
@@ -339,5 +382,7 @@ def test_rules_give_the_same_alerts_through_the_fleet(
             "o": ooh.advance_fleet(fleets["o"], rows["o"], keys, wm),
         }
         assert got_tick == want_tick
+        for name, found in got_tick.items():
+            assert_same_changes(found, want_tick[name])
     # Each rule had something to say (the comparison is not between two silences).
     assert set(made) == {"speeding", "route_deviation", "out_of_hours"}, made

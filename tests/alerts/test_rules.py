@@ -29,7 +29,8 @@ from alerts import (
     Speeding,
     severity,
 )
-from alerts.rules import round_column
+from alerts.fleet import ACTIONS, NO_TS
+from alerts.rules import round_column, round_rows
 
 T0 = 1_795_000_000_000  # epoch ms
 S = 1000
@@ -885,3 +886,125 @@ def test_round_column_at_halves_and_on_real_coordinates(digits: int) -> None:
     for values in (near, coords, -coords):
         got = round_column(values, digits)
         assert _same_floats(got, [round(float(v), digits) for v in values])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(allow_nan=True, allow_infinity=True, width=64),
+            st.floats(min_value=-1e4, max_value=1e4),
+            st.floats(min_value=-180, max_value=180),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_round_rows_rounds_each_column_as_python_does(rows: list[tuple[float, ...]]) -> None:
+    digits = [1, 3, 7]
+    got = round_rows(np.asarray(rows, np.float64), digits)
+    want = [[round(v, d) for v, d in zip(row, digits, strict=True)] for row in rows]
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert _same_floats(g, w)
+
+
+#: Events of one kind on a few devices: (device, episode number, late, action, ended).
+_column_events = st.lists(
+    st.tuples(
+        st.integers(0, 3),
+        st.integers(0, 2),
+        st.booleans(),
+        st.sampled_from([0, 1, 2]),
+        st.sampled_from([NO_TS, 1_790_000_050_000]),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_column_events)
+def test_coalesce_columns_is_coalesce(events: list[tuple[int, int, bool, int, int]]) -> None:
+    """The columnar coalescing keeps, per device and in order, what coalesce keeps."""
+    from alerts.engine import coalesce, coalesce_columns
+
+    alerts = [
+        AlertEvent(
+            "speeding", ACTIONS[a], n, None, 1_790_000_000_000, None if e == NO_TS else e, 0, lt, {}
+        )
+        for _, n, lt, a, e in events
+    ]
+    want: dict[int, list[tuple[object, ...]]] = {}
+    for d in sorted({d for d, *_ in events}):
+        mine = [ev for (dd, *_), ev in zip(events, alerts, strict=True) if dd == d]
+        want[d] = [(ev.action, ev.number, ev.late, ev.ended_at_ms) for ev in coalesce(mine)]
+    cols = np.array(events, np.int64).reshape(-1, 5).T
+    rows, action, ended = coalesce_columns(cols[0], cols[1], cols[2], cols[3], cols[4])
+    got: dict[int, list[tuple[object, ...]]] = {}
+    for r, a, e in zip(rows.tolist(), action.tolist(), ended.tolist(), strict=True):
+        d, n, lt, _, _ = events[r]
+        got.setdefault(d, []).append((ACTIONS[a], n, lt, None if e == NO_TS else e))
+    assert got == want
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    _column_events,
+    st.sampled_from(["speeding", "route_deviation", "out_of_hours"]),
+    st.integers(0, 2**32 - 1),
+)
+def test_fleet_changes_are_those_of_the_alert_events(
+    events: list[tuple[int, int, bool, int, int]], kind: str, seed: int
+) -> None:
+    """Columns straight to store changes = AlertEvents, coalesce and to_change, per device."""
+    import datetime as dt
+
+    from alerts import _fleet as kn
+    from alerts.engine import coalesce, fleet_changes, to_change
+    from alerts.fleet import FleetEvents
+    from core.registry import Device
+
+    rng = np.random.default_rng(seed)
+    n = len(events)
+    cols = np.array(events, np.int64).reshape(-1, 5)
+    ints = np.zeros((n, kn.MI), np.int64)
+    ints[:, kn.M_NUMBER] = cols[:, 1]
+    ints[:, kn.M_STARTED] = 1_790_000_000_000 + rng.integers(0, 10**6, n)
+    ints[:, kn.M_OPENED] = ints[:, kn.M_STARTED] + 10_000
+    ints[:, kn.M_LAST_MET] = ints[:, kn.M_STARTED] + rng.integers(0, 10**6, n)
+    ints[:, kn.M_CLOSED] = np.where(cols[:, 4] == NO_TS, NO_TS, ints[:, kn.M_LAST_MET] + 5_000)
+    ints[:, kn.M_LATE] = cols[:, 2]
+    floats = rng.uniform(0, 200, (n, kn.MF))
+    floats[:, kn.A_START_LON] = rng.uniform(120, 121, n)
+    floats[rng.uniform(0, 1, n) < 0.2, kn.A_START_LON] = np.nan
+    ev = FleetEvents(cols[:, 0], cols[:, 3], ints, floats)
+    rule = {
+        "speeding": Speeding(),
+        "route_deviation": RouteDeviation(),
+        "out_of_hours": OutOfHours(),
+    }[kind]
+    found = rule._fleet_alerts(ev, None, ["R-a", "R-b"])
+    devices = {
+        k: Device(
+            key=k,
+            id=f"gps-{k}",
+            kind="gps",
+            bus_id=None,
+            school_id=None,
+            operator_id=None,
+            district_id=None,
+            offline_after_s=300,
+            registered_at=dt.datetime(2026, 9, 1, tzinfo=dt.UTC),
+            retired=False,
+        )
+        for k in range(3)  # device 3 is not registered
+    }
+    want = {
+        devices[d].id: [to_change(devices[d].id, e) for e in coalesce(evs)]
+        for d, evs in found.items()
+        if d in devices
+    }
+    got: dict[str, list[object]] = {}
+    for change in fleet_changes(found, devices):
+        got.setdefault(change.device_id, []).append(change)
+    assert got == want
