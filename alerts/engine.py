@@ -865,6 +865,9 @@ def coalesce_columns(
     if n == 0:
         none = np.zeros(0, np.int64)
         return none, none, none
+    if n == 1 or bool(np.all(device[1:] > device[:-1])):
+        # One event per device (the common case): each kept as it is, ended only if a close.
+        return np.arange(n), action, np.where(action == kn.CLOSE, ended_ms, NO_TS)
     order = np.lexsort((late, number, device))  # stable: a group's events stay in order
     d, nb, lt = device[order], number[order], late[order]
     new_group = np.ones(n, np.bool_)
