@@ -125,9 +125,10 @@ class PreparedRoutes:
     fewer candidate segments per fix but more memory. It grows on its own if
     the routes' extent would need more than 4 million cells.
 
-    Memory is about 12 bytes per (cell, route) pair within ``cutoff_m`` of
-    each other, i.e. ``12 * length_m * (cell_m + 2 * cutoff_m) / cell_m²``
-    per route, plus 16 bytes per vertex and 8 per grid cell.
+    Memory is 16 to 32 bytes (a hash table slot at most 2/3 full) per
+    (cell, route) pair within ``cutoff_m`` of each other, i.e. about
+    ``24 * length_m * (cell_m + 2 * cutoff_m) / cell_m²`` per route, plus 16
+    bytes per vertex.
     """
 
     def __init__(
@@ -161,6 +162,49 @@ class PreparedRoutes:
     def n_routes(self) -> int:
         """Number of routes."""
         return int(self.lines.size)
+
+    # The runs as cell lists, the layout the NumPy reference query in the tests
+    # reads; rebuilt from the hash table on each access (queries never use it).
+
+    @property
+    def _cell_offsets(self) -> _I64:
+        return self._cell_entries()[0]
+
+    @property
+    def _entry_route(self) -> _I32:
+        return self._cell_entries()[1]
+
+    @property
+    def _entry_run(self) -> _I32:
+        return self._cell_entries()[2]
+
+    def _cell_entries(self) -> tuple[_I64, _I32, _I32]:
+        """``(cell_offsets, entry_route, entry_run)`` of the runs, cell by cell.
+
+        Cell ``c``'s entries are ``cell_offsets[c]:cell_offsets[c + 1]``,
+        sorted by route and then by first vertex; ``entry_run`` rows are
+        (first vertex, segment count).
+        """
+        used = self._slots[:, 0] >= 0
+        key, value = self._slots[used, 0], self._slots[used, 1]
+        vertex, count = value & 0xFFFFFFFF, value >> 32
+        runs = np.where(count < 0, -count, 1)
+        key = np.repeat(key, runs)
+        seg_n = np.repeat(count, runs)
+        vertex = np.repeat(vertex, runs)
+        many = seg_n < 0
+        # Row of each pair's own extra runs: its first plus its place among them.
+        place = np.arange(key.size) - np.repeat(np.cumsum(runs) - runs, runs)
+        extra = vertex[many] + place[many]
+        vertex[many] = self._extra_runs[extra, 0]
+        seg_n[many] = self._extra_runs[extra, 1]
+        route, cell = key // self._ncells, key % self._ncells
+        order = np.lexsort((vertex, route, cell))
+        cell_offsets = np.zeros(self._ncells + 1, dtype=np.int64)
+        np.cumsum(np.bincount(cell, minlength=self._ncells), out=cell_offsets[1:])
+        entry_route: _I32 = route[order].astype(np.int32)
+        entry_run: _I32 = np.column_stack([vertex[order], seg_n[order]]).astype(np.int32)
+        return cell_offsets, entry_route, entry_run
 
     def _build(self) -> None:
         coords, owner = shapely.get_coordinates(self.lines, return_index=True)
@@ -227,16 +271,31 @@ class PreparedRoutes:
             seg_n = np.concatenate([r[2] for r in runs])
         else:
             key = seg_lo = seg_n = np.zeros(0, dtype=np.int64)
-        route = key // self._ncells
-        cell_of = key % self._ncells
-        order = np.lexsort((seg_lo, route, cell_of))
-        route, cell_of, seg_lo, seg_n = route[order], cell_of[order], seg_lo[order], seg_n[order]
-        self._cell_offsets: _I64 = np.zeros(self._ncells + 1, dtype=np.int64)
-        np.cumsum(np.bincount(cell_of, minlength=self._ncells), out=self._cell_offsets[1:])
-        # A cell's entries are sorted by route: the routes are searched, and each
-        # entry's run (first vertex, segment count) is one 8-byte row beside them.
-        self._entry_route: _I32 = route.astype(np.int32)
-        self._entry_run: _I32 = np.column_stack([seg_vertex[seg_lo], seg_n]).astype(np.int32)
+        # One slot per (route, cell) pair with runs, in an open-addressing hash
+        # table keyed by ``route * ncells + cell``: a query reaches the run from
+        # the pair in one cache line, without the cell's list of routes.
+        order = np.lexsort((seg_lo, key))
+        key, seg_lo, seg_n = key[order], seg_lo[order], seg_n[order]
+        run_vertex = seg_vertex[seg_lo]
+        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else seg_lo
+        count = np.diff(np.append(first, key.size))
+        # A pair with one run keeps it in its slot; one with several (rare) keeps
+        # their index in ``_extra_runs`` and minus their count, in order of segment.
+        many = count > 1
+        slot_vertex = run_vertex[first].copy()
+        slot_n = seg_n[first].copy()
+        in_many = np.repeat(many, count)
+        extra_vertex, extra_n = run_vertex[in_many], seg_n[in_many]
+        slot_vertex[many] = (np.cumsum(count * many) - count)[many]
+        slot_n[many] = -count[many]
+        self._extra_runs: _I64 = np.column_stack([extra_vertex, extra_n]).astype(np.int64)
+        # At most 2/3 full, so that a search meets an empty slot within a few.
+        bits = max(2, math.ceil(math.log2(max(1.5 * first.size, 4.0))))
+        if bits > 32:
+            raise ValueError("too many (cell, route) pairs")
+        self._hash_bits: int = bits
+        self._slots: _I64 = np.full((1 << bits, 2), -1, dtype=np.int64)
+        _fill_slots(self._slots, bits, key[first], (slot_n << 32) | slot_vertex)
 
     def _build_runs(
         self,
@@ -454,9 +513,10 @@ def distance_to_routes(
         routes._grid,
         routes._nx,
         routes._ny,
-        routes._cell_offsets,
-        routes._entry_route,
-        routes._entry_run,
+        routes._ncells,
+        routes._slots,
+        routes._hash_bits,
+        routes._extra_runs,
         routes._xy,
         routes._route_vertex,
         routes._route_n,
@@ -469,6 +529,33 @@ def distance_to_routes(
     return RouteDistances(distance_m=distance, route_index=route, within_corridor=within)
 
 
+#: Fibonacci hashing of a key folded to 32 bits: the top bits of its product with
+#: ``2**32 / golden ratio``, modulo ``2**32``, pick the slot. No step overflows 64 bits,
+#: so plain Python (``NUMBA_DISABLE_JIT=1``) computes the same slots.
+_GOLDEN32: Final = np.uint64(0x9E3779B9)
+_LOW32: Final = np.uint64(0xFFFFFFFF)
+
+
+@jit
+def _home_slot(key: int, bits: int) -> np.int64:
+    """The slot where the search for ``key`` starts, in a table of ``2**bits`` slots."""
+    k = np.uint64(key)
+    folded = (k ^ (k >> np.uint64(32))) & _LOW32
+    return np.int64(((folded * _GOLDEN32) & _LOW32) >> np.uint64(32 - bits))
+
+
+@jit
+def _fill_slots(slots: _I64, bits: int, keys: _I64, values: _I64) -> None:
+    """Insert distinct ``keys`` (>= 0) with their ``values`` by linear probing; -1 is empty."""
+    mask = slots.shape[0] - 1
+    for k in range(keys.size):
+        h = _home_slot(keys[k], bits)
+        while slots[h, 0] >= 0:
+            h = (h + 1) & mask
+        slots[h, 0] = keys[k]
+        slots[h, 1] = values[k]
+
+
 @jit
 def _query(
     x: _F64,
@@ -479,9 +566,10 @@ def _query(
     grid: _F64,
     nx: int,
     ny: int,
-    cell_offsets: _I64,
-    entry_route: _I32,
-    entry_run: _I32,
+    ncells: int,
+    slots: _I64,
+    bits: int,
+    extra_runs: _I64,
     xy: _F64,
     route_vertex: _I64,
     route_n: _I64,
@@ -494,18 +582,21 @@ def _query(
     """The loop of :func:`distance_to_routes`: fills ``out_*`` (length N).
 
     ``grid`` is ``(x0, y0, 1 / cell_m, cutoff_m)``. Per fix and route of its
-    set: the fix's cell, the route's entries among the cell's (sorted by
-    route), the minimum over the entries' runs; beyond the cutoff ``inf``.
+    set: the fix's cell, the slot of the (route, cell) pair in the hash
+    table and its runs, the minimum over them; beyond the cutoff ``inf``.
     A fix with no route within the cutoff is measured against every segment
     of its routes when ``exact``. The first route attaining the minimum wins.
 
     The tables are far larger than the CPU caches and each step needs the
-    one before (cell, entries, vertices), so the passes ask for what they
-    will read :data:`_AHEAD` fixes ahead (:func:`core.jit.prefetch`); that
-    makes the loop about three times faster, and changes no result.
+    one before (slot, vertices), so the passes ask for what they will read
+    :data:`_AHEAD` pairs ahead (:func:`core.jit.prefetch`), which changes no
+    result. The slot is found from the pair alone, so a pair costs one cache
+    line of the table before its vertices, where a search among the cell's
+    routes cost the cell's offsets, its route list and then the run's row.
     """
     x0, y0, inv_cell, cutoff = grid[0], grid[1], grid[2], grid[3]
     n = x.size
+    mask = slots.shape[0] - 1
     # The fixes' cells (-1: outside the grid) and the number of (fix, route) pairs.
     cell = np.empty(n, dtype=np.int64)
     n_pairs = 0
@@ -519,45 +610,47 @@ def _query(
             cell[i] = -1
         n_pairs += set_offsets[set_index[i] + 1] - set_offsets[set_index[i]]
 
-    # Per (fix, route) pair, the route's entries in the fix's cell (adjacent ones).
-    pair_first = np.zeros(n_pairs, dtype=np.int64)
-    pair_end = np.zeros(n_pairs, dtype=np.int64)
+    # Per (fix, route) pair, its key (-1: outside the grid) and home slot.
+    pair_key = np.empty(n_pairs, dtype=np.int64)
+    pair_home = np.zeros(n_pairs, dtype=np.int64)
     p = 0
     for i in range(n):
-        ahead = i + 2 * _AHEAD
-        if ahead < n and cell[ahead] >= 0:
-            prefetch(cell_offsets, cell[ahead])
-        ahead = i + _AHEAD
-        if ahead < n and cell[ahead] >= 0:
-            lo = cell_offsets[cell[ahead]]
-            hi = cell_offsets[cell[ahead] + 1]
-            for e in range(lo, hi, 16):  # 16 routes per 64-byte cache line
-                prefetch(entry_route, e)
-            if hi > lo:
-                prefetch(entry_route, hi - 1)
-        lo = hi = 0
-        if cell[i] >= 0:
-            lo = cell_offsets[cell[i]]
-            hi = cell_offsets[cell[i] + 1]
         for k in range(set_offsets[set_index[i]], set_offsets[set_index[i] + 1]):
-            first = _find_route(entry_route, lo, hi, set_routes[k])
-            end = first
-            while end < hi and entry_route[end] == set_routes[k]:
-                end += 1
-            pair_first[p] = first
-            pair_end[p] = end
+            if cell[i] >= 0:
+                key = set_routes[k] * ncells + cell[i]
+                pair_key[p] = key
+                pair_home[p] = _home_slot(key, bits)
+            else:
+                pair_key[p] = -1
             p += 1
+
+    # Per pair, its run: first vertex and segment count (0: none; < 0: -count
+    # runs from row ``pair_vertex`` of ``extra_runs``).
+    pair_vertex = np.zeros(n_pairs, dtype=np.int64)
+    pair_n = np.zeros(n_pairs, dtype=np.int64)
+    for p in range(n_pairs):
+        ahead = p + _AHEAD
+        if ahead < n_pairs and pair_key[ahead] >= 0:
+            prefetch(slots, 2 * pair_home[ahead])
+        key = pair_key[p]
+        if key < 0:
+            continue
+        h = pair_home[p]
+        while slots[h, 0] >= 0:
+            if slots[h, 0] == key:
+                value = slots[h, 1]
+                pair_vertex[p] = value & 0xFFFFFFFF
+                pair_n[p] = value >> 32
+                break
+            h = (h + 1) & mask
 
     # Distances, per fix over its pairs.
     p = 0
     for i in range(n):
-        ahead = p + 2 * _AHEAD
-        if ahead < n_pairs and pair_end[ahead] > pair_first[ahead]:
-            prefetch(entry_run, 2 * pair_first[ahead])
         ahead = p + _AHEAD
-        if ahead < n_pairs and pair_end[ahead] > pair_first[ahead]:
-            vertex = entry_run[pair_first[ahead], 0]
-            last = vertex + entry_run[pair_first[ahead], 1]
+        if ahead < n_pairs and pair_n[ahead] > 0:
+            vertex = pair_vertex[ahead]
+            last = vertex + pair_n[ahead]
             for v in range(vertex, last, 4):  # 4 vertices per 64-byte cache line
                 prefetch(xy, 2 * v)
             prefetch(xy, 2 * last)
@@ -571,8 +664,12 @@ def _query(
         for k in range(k0, k1):
             r = set_routes[k]
             d2 = math.inf
-            for e in range(pair_first[p], pair_end[p]):
-                d2 = min(d2, _run_min_d2(xy, entry_run[e, 0], entry_run[e, 1], px, py))
+            m = pair_n[p]
+            if m > 0:
+                d2 = min(d2, _run_min_d2(xy, pair_vertex[p], m, px, py))
+            else:
+                for e in range(pair_vertex[p], pair_vertex[p] - m):
+                    d2 = min(d2, _run_min_d2(xy, extra_runs[e, 0], extra_runs[e, 1], px, py))
             p += 1
             d = math.sqrt(d2)
             if d > cutoff:
@@ -603,19 +700,6 @@ def _query(
         out_distance[i] = best
         out_route[i] = best_route
         out_within[i] = within
-
-
-@jit
-def _find_route(entry_route: _I32, lo: int, hi: int, route: int) -> int:
-    """First of the entries ``lo:hi`` (sorted by route) not before ``route``'s (lower bound)."""
-    count = hi - lo
-    while count > 0:
-        half = count >> 1
-        # Selects rather than branches: the comparison is a coin toss.
-        less = entry_route[lo + half] < route
-        lo = lo + half + 1 if less else lo
-        count = count - half - 1 if less else half
-    return lo
 
 
 @jit
