@@ -25,7 +25,12 @@ than ``E``):
   lat), ``bk`` int8 ``[R, C, 3]`` (code, backfill, virtual): the reorder
   buffer, sorted by ``ts``, ``si[:, I_NBUF]`` readings per row, of which
   ``si[:, I_NMET]`` meet the condition (kept up to date by every change of
-  the buffer, so telling a quiet row reads no buffer).
+  the buffer, so telling a quiet row reads no buffer). The three are strided
+  views of one int64 array ``buf[R, C, BW]`` (:func:`buffer_views`): a
+  reading is one 48-byte record, its floats, flags and, last, its ``ts``.
+  Adding a reading reads the ``ts`` before its slot and writes the slot: 56
+  bytes in a row, one or two cache lines (1.75 on average) where three
+  separate arrays cost three or four.
 * ``mi`` int64 ``[R, E, MI]``, ``mf`` float64 ``[R, E, MF]``: the emitted
   episodes (``M_*`` columns), ``si[:, I_NEM]`` per row.
 
@@ -150,6 +155,12 @@ P_SKIP_UNDUE: Final = 6
 P_PROGRESS_EVERY: Final = 7  # ms; 0: every change
 NP_: Final = 8
 
+# The reorder buffer, one record of BW int64 words per reading (see buffer_views).
+BW: Final = 6
+B_F: Final = 0  # words B_F .. B_F + 3: value, tag, lon, lat (float64)
+B_K: Final = 8 * 4  # bytes B_K .. B_K + 2: code, backfill, virtual (int8); 5 bytes spare
+B_TS: Final = 5  # ts (int64), last: right before the next record's first word
+
 #: Groups ahead whose state row (its first line), and buffer slots, feed_groups prefetches.
 _AHEAD_ROW: Final = 16
 _AHEAD_BUF: Final = 8
@@ -162,6 +173,24 @@ TO_PYTHON: Final = 1
 TO_SETTLE: Final = 2
 
 _EARTH_RADIUS_M: Final = 6_371_008.8
+
+
+def buffer_views(buf: _I64) -> tuple[_I64, _F64, _I8]:
+    """``bts``, ``bf``, ``bk``: the reorder buffer's columns, as views of ``buf[R, C, BW]``.
+
+    One record per reading rather than three arrays, so that adding a reading
+    (most of what a batch does: every device's reading waits in its row)
+    touches one or two cache lines, not three or four (module doc). The
+    ``ts`` is the record's last word: the insertion compares the new reading
+    with the ``ts`` just before its slot, so both are in the same 56 bytes.
+    The kernels take the views (strided, not contiguous) and index them as
+    they would separate arrays.
+    """
+    return (
+        buf[:, :, B_TS],
+        buf.view(np.float64)[:, :, B_F : B_F + 4],
+        buf.view(np.int8)[:, :, B_K : B_K + 3],
+    )
 
 
 @_inline
@@ -631,14 +660,19 @@ def _quiet(d: int, si: _I64) -> bool:
 def _settle_quiet(d: int, si: _I64, sf: _F64, bts: _I64, bf: _F64, bk: _I8) -> bool:
     """:func:`_settle` of a quiet row without its pass; False (row untouched): not that case.
 
-    A quiet row (idle, nothing emitted, no meeting reading buffered) whose final
-    readings (older than the watermark) all do not meet the condition: the pass
-    over them, from idle, opens nothing and closes nothing (a CLEAR, END or
-    NEUTRAL reading, a gap: each leaves the phase idle), so all it leaves in
-    the core is the last reading's ``ts``, the last known position and the
-    aggregates reset; the second pass and the reconcile have nothing to do
-    (nothing final, nothing emitted, no meeting reading), so ``due`` is unknown.
-    No step is measured: in idle no episode takes it.
+    A quiet row (idle, nothing emitted, no meeting reading buffered: so its
+    final readings, older than the watermark, all do not meet the condition):
+    the pass over them, from idle, opens nothing and closes nothing (a CLEAR,
+    END or NEUTRAL reading, a gap: each leaves the phase idle), so all it
+    leaves in the core is the last reading's ``ts``, the last known position
+    and the aggregates reset; the second pass and the reconcile have nothing
+    to do (nothing final, nothing emitted, no meeting reading), so ``due`` is
+    unknown. No step is measured: in idle no episode takes it.
+
+    The flags of the final readings are not read: ``I_NMET`` counts the
+    meeting readings of the buffer (every change of the buffer keeps it), and
+    a quiet row has none. Reading them would touch the whole row (a full row
+    is what brings a quiet row here), most of this function's cost.
     """
     if not _quiet_of(si[d, I_PHASE], si[d, I_NEM], si[d, I_NMET]):
         return False
@@ -650,9 +684,6 @@ def _settle_quiet(d: int, si: _I64, sf: _F64, bts: _I64, bf: _F64, bk: _I8) -> b
         k = n
         while k > 0 and bts[d, k - 1] >= wm:
             k -= 1
-        for i in range(k):
-            if bk[d, i, 0] == MET:
-                return False  # (I_NMET says there is none)
     si[d, I_DUE] = NO_TS
     if k == 0:
         return True  # _settle returns before its pass
@@ -739,6 +770,7 @@ def feed_groups(
     mi: _I64,
     mf: _F64,
     p: _I64,
+    buf: _I64,
     dev: _I64,
     lo: _I64,
     hi: _I64,
@@ -766,7 +798,8 @@ def feed_groups(
     Stops early, returning the next group, when the event arrays may not hold
     another device's events. ``status[g]`` is :data:`TO_PYTHON` for a device
     the arrays cannot handle (not hot, a reading older than its watermark,
-    no room in its buffer); its row is left as it was.
+    no room in its buffer); its row is left as it was. ``buf``: the array
+    ``bts``, ``bf``, ``bk`` are views of (:func:`buffer_views`), for prefetching.
     """
     cap = bts.shape[1]
     lateness = p[P_LATENESS]
@@ -786,13 +819,12 @@ def feed_groups(
             if n2 + (hi[g + _AHEAD_BUF] - lo[g + _AHEAD_BUF]) > cap:
                 # A full row: its tail moves to its first slots (_settle_quiet).
                 slot = d2 * cap
-                prefetch(bts, slot + n2 - 1)
-                prefetch(bf, (slot + n2 - 1) * 4)
-                prefetch(bf, slot * 4 + 8)
-                prefetch(bk, slot * 3 + 64)
-            prefetch(bts, slot)
-            prefetch(bf, slot * 4)
-            prefetch(bk, slot * 3)
+                prefetch(buf, (slot + n2) * BW - 1)
+                prefetch(buf, slot * BW + 8)
+            # The slot the reading goes to, and the ts before it (buffer_views):
+            # 56 bytes in a row, at most two lines.
+            prefetch(buf, slot * BW - 1)
+            prefetch(buf, slot * BW + BW - 1)
         d = dev[g]
         a = lo[g]
         b = hi[g]
@@ -803,38 +835,11 @@ def feed_groups(
                 if ts[i] < wm:
                     ok = False  # for the late lane
                     break
-        if (
-            ok
-            and si[d, I_NBUF] + (b - a) > cap
-            and _quiet_of(si[d, I_PHASE], si[d, I_NEM], si[d, I_NMET])
-            and not _settle_quiet(d, si, sf, bts, bf, bk)
-        ):
+        if ok and si[d, I_NBUF] + (b - a) > cap:
             # Readings kept while quiet (below) fill the row: finalize what is final
-            # (nothing can be emitted: nothing meets the condition). _settle_quiet does
-            # that without the passes, unless a final reading meets (I_NMET says none).
-            no = _settle(
-                d,
-                si,
-                sf,
-                bts,
-                bf,
-                bk,
-                mi,
-                mf,
-                p,
-                xi,
-                xf,
-                cert,
-                ci2,
-                cf2,
-                ki,
-                kf,
-                si1,
-                sf1,
-                oi,
-                of,
-                no,
-            )
+            # (nothing can be emitted: nothing meets the condition), without the passes.
+            # A row that is not quiet is left to Python (below).
+            _settle_quiet(d, si, sf, bts, bf, bk)
         if not ok or si[d, I_NBUF] + (b - a) > cap:
             status[g] = TO_PYTHON
             continue

@@ -128,8 +128,8 @@ class FleetEpisodes:
     Python detector until it fits again. ``emitted``: episodes a row keeps
     (active, or closed within the lateness); a settle that could keep more
     (a condition flapping faster than the lateness) is done in Python.
-    Memory per device is about ``capacity × 43 + emitted × 104 + 209`` bytes
-    (3.1 KB with the defaults).
+    Memory per device is about ``capacity × 48 + emitted × 104 + 209`` bytes
+    (3.3 KB with the defaults).
     """
 
     def __init__(
@@ -166,9 +166,9 @@ class FleetEpisodes:
         self.hot: _BOOL = np.zeros(0, np.bool_)
         self.si: _I64 = np.zeros((0, kn.NI), np.int64)
         self.sf: _F64 = np.zeros((0, kn.NF), np.float64)
-        self.bts: _I64 = np.zeros((0, capacity), np.int64)
-        self.bf: _F64 = np.zeros((0, capacity, 4), np.float64)
-        self.bk: npt.NDArray[np.int8] = np.zeros((0, capacity, 3), np.int8)
+        #: The reorder buffer, one record per reading; bts, bf, bk are views of it.
+        self.buf: _I64 = np.zeros((0, capacity, kn.BW), np.int64)
+        self.bts, self.bf, self.bk = kn.buffer_views(self.buf)
         self.mi: _I64 = np.zeros((0, e, kn.MI), np.int64)
         self.mf: _F64 = np.zeros((0, e, kn.MF), np.float64)
         self._scratch = kn.scratch(capacity)
@@ -185,11 +185,12 @@ class FleetEpisodes:
         if size <= have:
             return
         rows = max(size, 2 * have, 64)
-        for name in ("hot", "si", "sf", "bts", "bf", "bk", "mi", "mf"):
+        for name in ("hot", "si", "sf", "buf", "mi", "mf"):
             old = getattr(self, name)
             new = _zeros((rows, *old.shape[1:]), old.dtype)
             new[:have] = old
             setattr(self, name, new)
+        self.bts, self.bf, self.bk = kn.buffer_views(self.buf)
         self.hot[have:] = True
         fresh = self.si[have:]
         for col in (kn.I_LAST_TS, kn.I_WM, kn.I_MAX_TS, kn.I_DUE):
@@ -411,6 +412,7 @@ class FleetEpisodes:
         out = self._run(
             lambda g0, oi, of, no: kn.feed_groups(
                 *self._rows(),
+                self.buf,
                 groups,
                 starts,
                 stops,

@@ -40,9 +40,11 @@ def test_settle_quiet_leaves_the_row_as_settle_does(
     si = rng.integers(-(10**6), 10**6, (rows, kn.NI)).astype(np.int64)
     sf = rng.uniform(-90, 90, (rows, kn.NF))
     sf[rng.uniform(0, 1, sf.shape) < 0.3] = math.nan
-    bts = rng.integers(0, 10**6, (rows, cap)).astype(np.int64)
-    bf = rng.uniform(-90, 90, (rows, cap, 4))
-    bk = rng.integers(-2, 2, (rows, cap, 3)).astype(np.int8)
+    # The buffer as the rows hold it (views of one array; the expected rows are copies).
+    bts, bf, bk = kn.buffer_views(np.zeros((rows, cap, kn.BW), np.int64))
+    bts[:] = rng.integers(0, 10**6, (rows, cap))
+    bf[:] = rng.uniform(-90, 90, (rows, cap, 4))
+    bk[:] = rng.integers(-2, 2, (rows, cap, 3))
     # Row d: quiet, readings sorted, none meeting (some with MET, not quiet, below).
     n = data.draw(st.integers(0, cap))
     gaps = data.draw(st.lists(st.integers(1, 90_000), min_size=n, max_size=n))
