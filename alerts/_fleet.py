@@ -669,10 +669,10 @@ def _settle_quiet(d: int, si: _I64, sf: _F64, bts: _I64, bf: _F64, bk: _I8) -> b
     to do (nothing final, nothing emitted, no meeting reading), so ``due`` is
     unknown. No step is measured: in idle no episode takes it.
 
-    The flags of the final readings are not read: ``I_NMET`` counts the
-    meeting readings of the buffer (every change of the buffer keeps it), and
-    a quiet row has none. Reading them would touch the whole row (a full row
-    is what brings a quiet row here), most of this function's cost.
+    ``I_NMET`` counts the meeting readings of the buffer (every change of the
+    buffer keeps it) and a quiet row has none, so the final readings' flags
+    are read only as a safety net: a meeting one returns False and the caller
+    runs the full :func:`_settle`.
     """
     if not _quiet_of(si[d, I_PHASE], si[d, I_NEM], si[d, I_NMET]):
         return False
@@ -684,6 +684,9 @@ def _settle_quiet(d: int, si: _I64, sf: _F64, bts: _I64, bf: _F64, bk: _I8) -> b
         k = n
         while k > 0 and bts[d, k - 1] >= wm:
             k -= 1
+        for i in range(k):
+            if bk[d, i, 0] == MET:
+                return False  # (I_NMET says there is none: a safety net, never taken)
     si[d, I_DUE] = NO_TS
     if k == 0:
         return True  # _settle returns before its pass
@@ -835,11 +838,38 @@ def feed_groups(
                 if ts[i] < wm:
                     ok = False  # for the late lane
                     break
-        if ok and si[d, I_NBUF] + (b - a) > cap:
+        if (
+            ok
+            and si[d, I_NBUF] + (b - a) > cap
+            and _quiet_of(si[d, I_PHASE], si[d, I_NEM], si[d, I_NMET])
+            and not _settle_quiet(d, si, sf, bts, bf, bk)
+        ):
             # Readings kept while quiet (below) fill the row: finalize what is final
-            # (nothing can be emitted: nothing meets the condition), without the passes.
-            # A row that is not quiet is left to Python (below).
-            _settle_quiet(d, si, sf, bts, bf, bk)
+            # (nothing can be emitted: nothing meets the condition). _settle_quiet does
+            # that without the passes, unless a final reading meets (I_NMET says none).
+            no = _settle(
+                d,
+                si,
+                sf,
+                bts,
+                bf,
+                bk,
+                mi,
+                mf,
+                p,
+                xi,
+                xf,
+                cert,
+                ci2,
+                cf2,
+                ki,
+                kf,
+                si1,
+                sf1,
+                oi,
+                of,
+                no,
+            )
         if not ok or si[d, I_NBUF] + (b - a) > cap:
             status[g] = TO_PYTHON
             continue
