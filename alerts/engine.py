@@ -850,7 +850,7 @@ def fleet_changes(found: FleetAlerts, devices: Mapping[int, Device]) -> list[Epi
 
 
 def coalesce_columns(
-    device: _I64, number: _I64, late: _I64, action: _I64, ended_ms: _I64
+    device: _I64, number: _I64, late: _I64, action: _I64, end_ms: _I64
 ) -> tuple[_I64, _I64, _I64]:
     """:func:`coalesce` of events given as columns: (rows, actions, ``ended_at_ms``) to store.
 
@@ -858,7 +858,7 @@ def coalesce_columns(
     one open (it opened) or update (it did not close) from its latest event,
     without an end, and then its close if its latest event is one. Groups
     come in the order of their first event, a group's open before its close,
-    as :func:`coalesce` gives them device by device. ``ended_ms`` is
+    as :func:`coalesce` gives them device by device. ``end_ms`` is
     :data:`NO_TS` for none; ``action`` holds the codes of :data:`ACTIONS`.
     """
     n = device.size
@@ -867,7 +867,7 @@ def coalesce_columns(
         return none, none, none
     if n == 1 or bool(np.all(device[1:] > device[:-1])):
         # One event per device (the common case): each kept as it is, ended only if a close.
-        return np.arange(n), action, np.where(action == kn.CLOSE, ended_ms, NO_TS)
+        return np.arange(n), action, np.where(action == kn.CLOSE, end_ms, NO_TS)
     order = np.lexsort((late, number, device))  # stable: a group's events stay in order
     d, nb, lt = device[order], number[order], late[order]
     new_group = np.ones(n, np.bool_)
@@ -882,7 +882,7 @@ def coalesce_columns(
     actions = np.concatenate(
         [np.where(opened[lead], kn.OPEN, kn.UPDATE), np.full(int(closed.sum()), kn.CLOSE)]
     )
-    ended = np.concatenate([np.full(int(lead.sum()), NO_TS), ended_ms[last[closed]]])
+    ended = np.concatenate([np.full(int(lead.sum()), NO_TS), end_ms[last[closed]]])
     # Back in the order of each group's first event, its open or update before its close.
     at = np.concatenate([first[lead], first[closed]])
     then = np.concatenate(

@@ -104,6 +104,8 @@ __all__ = [
     "RouteDeviation",
     "SmokeAlarm",
     "Speeding",
+    "ended_ms",
+    "round_rows",
     "severity",
 ]
 
@@ -310,7 +312,7 @@ class FleetAlerts(Mapping[int, list[AlertEvent]]):
                 action == kn.OPEN,
                 i[:, kn.M_OPENED],
                 np.where(
-                    (action == kn.CLOSE) & is_closed(ev), i[:, kn.M_CLOSED], i[:, kn.M_LAST_MET]
+                    (action == kn.CLOSE) & _is_closed(ev), i[:, kn.M_CLOSED], i[:, kn.M_LAST_MET]
                 ),
             )
             rows = zip(
@@ -335,7 +337,7 @@ class FleetAlerts(Mapping[int, list[AlertEvent]]):
         return out
 
 
-def is_closed(ev: FleetEvents) -> _BOOL:
+def _is_closed(ev: FleetEvents) -> _BOOL:
     """Whether each event's episode has closed."""
     closed: _BOOL = ev.ints[:, kn.M_CLOSED] != NO_TS
     return closed
@@ -343,11 +345,11 @@ def is_closed(ev: FleetEvents) -> _BOOL:
 
 def ended_ms(ev: FleetEvents) -> _I64:
     """Each event's ``ended_at_ms``: its last meeting reading once closed, else :data:`NO_TS`."""
-    return np.where(is_closed(ev), ev.ints[:, kn.M_LAST_MET], NO_TS)
+    return np.where(_is_closed(ev), ev.ints[:, kn.M_LAST_MET], NO_TS)
 
 
-def round_column(values: _F64, digits: int) -> list[float]:
-    """``round(v, digits)`` of each value, as Python's ``round`` gives it, mostly in NumPy.
+def round_rows(values: _F64, digits: Sequence[int]) -> list[list[float]]:
+    """``round(v, digits[c])`` of each value of ``values`` (rows, columns), by row, in NumPy.
 
     Python rounds the exact binary value half to even at ``digits`` decimals
     and returns the double nearest that decimal: ``rint(v * 10**digits) /
@@ -356,35 +358,15 @@ def round_column(values: _F64, digits: int) -> list[float]:
     or correctly rounded). Values within a few units in the last place of a
     half, huge, or not finite are rounded by Python's ``round`` itself.
     """
-    scale = 10.0**digits
+    scale = np.array([10.0**d for d in digits])
     with np.errstate(all="ignore"):  # inf and NaN are left to round()
         scaled = values * scale
-        out: list[float] = (np.rint(scaled) / scale).tolist()
-        doubtful = _doubtful(scaled)
-    for i in np.flatnonzero(doubtful).tolist():
-        out[i] = round(float(values[i]), digits)
-    return out
-
-
-def round_rows(values: _F64, digits: Sequence[int]) -> list[list[float]]:
-    """:func:`round_column` of each column of ``values`` (rows, columns) at its ``digits``."""
-    scale = np.array([10.0**d for d in digits])
-    with np.errstate(all="ignore"):
-        scaled = values * scale
         out: list[list[float]] = (np.rint(scaled) / scale).tolist()
-        doubtful = _doubtful(scaled)
+        off_half = np.abs(scaled - np.floor(scaled) - 0.5)
+        doubtful = ~(off_half > 8.0 * np.spacing(np.abs(scaled))) | ~(np.abs(scaled) < 2.0**52)
     for r, c in zip(*np.nonzero(doubtful), strict=True):
         out[r][c] = round(float(values[r, c]), digits[c])
     return out
-
-
-def _doubtful(scaled: _F64) -> npt.NDArray[np.bool_]:
-    """Where ``rint`` of a scaled value might not be Python's ``round`` (see round_column)."""
-    off_half = np.abs(scaled - np.floor(scaled) - 0.5)
-    doubtful: npt.NDArray[np.bool_] = ~(off_half > 8.0 * np.spacing(np.abs(scaled))) | ~(
-        np.abs(scaled) < 2.0**52
-    )
-    return doubtful
 
 
 def _track_rows(ev: FleetEvents, *lead: tuple[_F64, int]) -> list[list[float]]:

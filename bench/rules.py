@@ -638,8 +638,7 @@ class EngineRun:
     tick_cpu_s: float
     wall_s: float
     changes: dict[str, int]
-    #: Mean parts kept aside per device, for speeding, deviation and out of hours,
-    #: over the ends of the timed batches.
+    #: The engine itself, while it is the round kept in memory (None after).
     engine: AlertEngine | None
 
 
@@ -691,16 +690,20 @@ class Paired:
     prepared: npt.NDArray[np.object_]
     inputs: ShapelyInputs
 
-    def shapely_best_s(self) -> float:
-        """The faster baseline's best round."""
-        return min(min(pair) for pair in self.shapely_s)
+    def best_s(self) -> tuple[float, float]:
+        """The best round of shapely.distance and of prepared dwithin (CPU seconds)."""
+        return min(d for d, _ in self.shapely_s), min(w for _, w in self.shapely_s)
 
-    def ratios(self, n_fixes: int) -> list[float]:
+    def round_ratios(self) -> dict[str, Any]:
         """Each round's engine rate over the faster baseline's rate in the same round."""
-        return [
+        ratios = [
             round(min(pair) / (r.process_cpu_s + r.tick_cpu_s), 2)
             for r, pair in zip(self.runs, self.shapely_s, strict=True)
         ]
+        return {
+            "ratio_vs_shapely_rounds": ratios,
+            "ratio_vs_shapely_rounds_median": float(np.median(ratios)),
+        }
 
 
 def paired_rounds(
@@ -840,8 +843,7 @@ def typical_run(args: argparse.Namespace) -> dict[str, Any]:
     ingest_s = math.inf
     for _ in range(args.rounds):
         ingest_s = min(ingest_s, cpu_s(functools.partial(run_ingest, chunks, directory))[0])
-    distance_s = min(d for d, _ in paired.shapely_s)
-    dwithin_s = min(w for _, w in paired.shapely_s)
+    distance_s, dwithin_s = paired.best_s()
     engine_s = run.process_cpu_s + run.tick_cpu_s
     fps = n_fixes / engine_s
     # The faster of the two, as for the stress fleet.
@@ -861,8 +863,7 @@ def typical_run(args: argparse.Namespace) -> dict[str, Any]:
         "engine_rounds_fixes_per_s": [
             round(n_fixes / (r.process_cpu_s + r.tick_cpu_s)) for r in runs
         ],
-        "ratio_vs_shapely_rounds": paired.ratios(n_fixes),
-        "ratio_vs_shapely_rounds_median": float(np.median(paired.ratios(n_fixes))),
+        **paired.round_ratios(),
         "alert_changes": run.changes,
     }
 
@@ -956,8 +957,9 @@ def main() -> None:
 
     engine_s = run.process_cpu_s + run.tick_cpu_s
     fps = n_fixes / engine_s
-    shapely_distance_fps = n_fixes / min(d for d, _ in paired.shapely_s)
-    shapely_dwithin_fps = n_fixes / min(w for _, w in paired.shapely_s)
+    distance_s, dwithin_s = paired.best_s()
+    shapely_distance_fps = n_fixes / distance_s
+    shapely_dwithin_fps = n_fixes / dwithin_s
     shapely_fps = max(shapely_distance_fps, shapely_dwithin_fps)
     kernel_fps = n_fixes / best["kernel"]
     loop_fps = sum(len(b.gps) for b in loop_batches) / best["loop"]
@@ -1002,8 +1004,7 @@ def main() -> None:
         "engine_rounds_fixes_per_s": [
             round(n_fixes / (r.process_cpu_s + r.tick_cpu_s)) for r in runs
         ],
-        "ratio_vs_shapely_rounds": paired.ratios(n_fixes),
-        "ratio_vs_shapely_rounds_median": float(np.median(paired.ratios(n_fixes))),
+        **paired.round_ratios(),
         "alert_changes": run.changes,
         "loop_opened": loop_opened,
         "max_abs_error_m": max_error_m,

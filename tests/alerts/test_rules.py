@@ -30,7 +30,7 @@ from alerts import (
     severity,
 )
 from alerts.fleet import ACTIONS, NO_TS
-from alerts.rules import round_column, round_rows
+from alerts.rules import round_rows
 from tests.alerts.test_fleet import assert_same_changes
 
 T0 = 1_795_000_000_000  # epoch ms
@@ -859,6 +859,11 @@ def test_coalesce_of_one_event_is_the_general_rule(action, ended, late) -> None:
     )
     # Two identical events take the general path and must reduce to the same one.
     assert coalesce([ev]) == coalesce([ev, ev])[-1:]
+
+
+def round_column(values: np.ndarray, digits: int) -> list[float]:
+    """round_rows of one column."""
+    return [row[0] for row in round_rows(values.reshape(-1, 1), [digits])]
 
 
 def _same_floats(got: list[float], want: list[float]) -> bool:
