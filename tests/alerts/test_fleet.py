@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 from collections.abc import Iterator, Mapping
 
@@ -16,8 +15,8 @@ from alerts.episodes import EpisodeDetector, EpisodeEvent, EpisodeState
 from alerts.fleet import NO_TS, FleetEpisodes
 from alerts.rules import AlertEvent, FleetAlerts
 from alerts.store import EpisodeChange
-from core.registry import Device
 from tests.alerts.reference import CLEAR, END, MET, NEUTRAL, Reading
+from tests.alerts.registry import gps_device
 from tests.alerts.test_episodes import (
     T0,
     detector_of,
@@ -102,21 +101,7 @@ def run_both(
 
 
 #: Every device of the rules tests below, as the registry knows them.
-_DEVICES = {
-    k: Device(
-        key=k,
-        id=f"gps-{k}",
-        kind="gps",
-        bus_id=None,
-        school_id=None,
-        operator_id=None,
-        district_id=None,
-        offline_after_s=300,
-        registered_at=dt.datetime(2026, 9, 1, tzinfo=dt.UTC),
-        retired=False,
-    )
-    for k in range(4)  # device 4 is not registered: its changes are left out
-}
+_DEVICES = {k: gps_device(k, f"gps-{k}") for k in range(4)}  # device 4 is not registered
 
 
 def assert_same_changes(found: object, want: Mapping[int, list[AlertEvent]]) -> None:

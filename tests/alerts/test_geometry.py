@@ -9,11 +9,11 @@ import pytest
 
 from alerts.fleet import NO_TS
 from alerts.geometry import FleetGeometry, WindowEdges, next_window_start, window_end
-from core.registry import Bus, Device, Registry, Route
+from core.registry import Bus, Registry, Route
 from geofence import distance_to_routes, service_window_mask
+from tests.alerts.registry import gps_device
 
 ORIGIN = (120.7, 31.3)
-REGISTERED = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def registry() -> Registry:
@@ -44,21 +44,10 @@ def registry() -> Registry:
         "B4": bus("B4", "R4", "R9"),  # a degenerate route and an unknown one
     }
 
-    def device(key: int, bus_id: str | None) -> Device:
-        return Device(
-            key=key,
-            id=f"D{key}",
-            kind="gps",
-            bus_id=bus_id,
-            school_id=None,
-            operator_id=None,
-            district_id=None,
-            offline_after_s=300,
-            registered_at=REGISTERED,
-            retired=False,
-        )
-
-    devices = {k: device(k, b) for k, b in [(0, "B1"), (1, "B2"), (2, "B3"), (3, "B4"), (5, None)]}
+    devices = {
+        k: gps_device(k, f"D{k}", b)
+        for k, b in [(0, "B1"), (1, "B2"), (2, "B3"), (3, "B4"), (5, None)]
+    }
     return Registry(timezone="Asia/Shanghai", devices=devices, buses=buses, routes=routes)
 
 
